@@ -1,0 +1,39 @@
+"""`python -m pipeline [overrides]`: compose the Hydra config and run one stage.
+
+Kept thin on purpose: it converts the DictConfig to a typed RunConfig and calls a stage
+function; every error the user can fix ends as one `error: ...` line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config import CONF_DIR, run_config_from_dict
+from pipeline.errors import PipelineError
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def _run(cfg: DictConfig) -> None:
+    from pipeline.stages import STAGE_FUNCTIONS
+
+    try:
+        run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        STAGE_FUNCTIONS[run_cfg.stage](run_cfg, Path(HydraConfig.get().runtime.output_dir))
+    except PipelineError as exc:
+        # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
+        raise SystemExit(f"error: {exc}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: the MLflow run is marked KILLED") from None
+
+
+def main() -> None:
+    _run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""timm backbones without their classifier, plus the input spec they were trained with."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+
+import timm
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from pipeline.weights import WeightsInfo, load_backbone_state, resolve_pretrained
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "tf_efficientnet_lite0"  # any timm model name
+    pretrained: bool = True  # false: random init, logged as weights_source=scratch
+    weights: str | None = None  # local .pth/.safetensors file; wins over every other source
+    img_size: int | None = None  # None: the pretrained config's input size
+    drop_path_rate: float = 0.0  # stochastic depth, where the family supports it
+    allow_hub: bool = True  # false: never try the network, even when it is up
+
+    def __post_init__(self) -> None:
+        if self.img_size is not None and self.img_size < 8:
+            raise ConfigError(f"backbone.img_size must be >= 8, got {self.img_size}")
+        if not 0 <= self.drop_path_rate < 1:
+            raise ConfigError(
+                f"backbone.drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
+            )
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the backbone expects: taken from timm's pretrained data config, never hard-coded."""
+
+    img_size: int
+    interpolation: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    crop_pct: float
+
+
+def check_model_name(name: str) -> None:
+    if timm.is_model(name):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
+    raise ConfigError(f"unknown backbone {name!r}{hint}")
+
+
+def input_spec_of(model: nn.Module, img_size: int | None) -> InputSpec:
+    data_cfg = timm.data.resolve_data_config({}, model=model)
+    size = img_size or data_cfg["input_size"][-1]
+    return InputSpec(
+        img_size=int(size),
+        interpolation=str(data_cfg.get("interpolation", "bicubic")),
+        mean=tuple(float(m) for m in data_cfg["mean"]),
+        std=tuple(float(s) for s in data_cfg["std"]),
+        crop_pct=float(data_cfg.get("crop_pct", 0.875)),
+    )
+
+
+def create_backbone(
+    cfg: BackboneConfig, global_pool: str = "avg"
+) -> tuple[nn.Module, InputSpec, WeightsInfo]:
+    """A timm model with num_classes=0: forward(x) returns pooled features (B, C)."""
+    check_model_name(cfg.name)
+    kwargs = {"num_classes": 0, "global_pool": global_pool}
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    # pretrained=False: weights are resolved and loaded here, so timm never retries a hub.
+    model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    if cfg.pretrained:
+        state, info = resolve_pretrained(cfg.name, model, cfg.weights, allow_hub=cfg.allow_hub)
+        load_backbone_state(model, state)
+        log.info("loaded %s weights for %s from %s", info.source, cfg.name, info.path)
+    else:
+        info = WeightsInfo("scratch")
+        log.info("training %s from scratch (random init)", cfg.name)
+    return model, input_spec_of(model, cfg.img_size), info
+
+
+@torch.no_grad()
+def feature_dim(model: nn.Module, img_size: int) -> int:
+    """Width of the pooled features (pooling choice and pre-logits layers included)."""
+    was_training = model.training
+    model.eval()
+    size = min(img_size, 64)  # any size the net accepts gives the same width
+    dim = model(torch.zeros(1, 3, size, size)).shape[-1]
+    model.train(was_training)
+    return int(dim)

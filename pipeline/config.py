@@ -1,0 +1,118 @@
+"""The typed run config: one dataclass per Hydra config group.
+
+The entry point turns Hydra's DictConfig into a `RunConfig` once; everything below it takes
+plain typed objects. Unknown keys and bad values fail here, before any work, with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.augment import AugmentConfig
+from pipeline.backbone import BackboneConfig
+from pipeline.data import DataConfig
+from pipeline.errors import ConfigError
+from pipeline.finetune import FinetuneConfig
+from pipeline.head import HeadConfig
+from pipeline.optim import OptimConfig
+from pipeline.sched import SchedConfig
+from pipeline.tracking import TrackingConfig
+from pipeline.train import TrainConfig
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+STAGES = ("train", "download")
+
+
+@dataclass
+class RunConfig:
+    stage: str = "train"
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sched: SchedConfig = field(default_factory=SchedConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ConfigError(f"stage={self.stage!r} is not one of: {', '.join(STAGES)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: Any, path: str) -> Any:
+    """Instantiate dataclass `cls` from a plain dict, recursing into dataclass-typed fields."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        where = f"{path}." if path else ""
+        raise ConfigError(
+            f"unknown config key {where}{unknown[0]} (known: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in values.items():
+        hint = hints[name]
+        key = f"{path}.{name}" if path else name
+        if dataclasses.is_dataclass(hint):
+            value = _build(hint, value, key)
+        else:
+            value = _check_type(value, hint, key)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad value in {path or 'config'}: {exc}") from exc
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Reject e.g. optim.lr=abc with one line; ints are accepted where floats are expected."""
+    options = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType)
+        else (hint,)
+    )
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key} must not be null")
+    for option in options:
+        origin = typing.get_origin(option) or option
+        if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if origin is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if origin in (bool, str) and isinstance(value, origin):
+            return value
+        if origin in (tuple, list, dict) and isinstance(value, list | tuple | dict):
+            return value
+    names = ", ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{key}={value!r} has the wrong type (expected {names})")
+
+
+def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
+    values = {k: v for k, v in values.items() if k not in ("hydra", "experiment")}
+    return _build(RunConfig, values, "")
+
+
+def compose(overrides: list[str] | None = None, config_name: str = "config") -> RunConfig:
+    """Compose conf/ with Hydra's API (no output dir, no logging setup): for tests and notebooks."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+    return run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))

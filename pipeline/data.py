@@ -1,0 +1,319 @@
+"""Datasets, stratified splits and loaders.
+
+Images travel as uint8 HWC tensors from the loader workers; conversion to float and
+normalisation happen on the training device (see `DeviceNormalize`), which keeps worker
+output small and lets a GPU do the arithmetic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | folder
+    root: str | None = None  # image folder for name=folder
+    val_fraction: float = 0.2  # of all labelled images, carved out for early stopping
+    test_fraction: float = 0.2  # held out; never seen in training or model selection
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    num_workers: int | None = None  # None: chosen from the CPU count
+    on_bad_image: str = "skip"  # skip | error
+
+    def __post_init__(self) -> None:
+        if self.name not in ("digits", "folder"):
+            raise ConfigError(f"data.name={self.name!r} is not one of: digits, folder")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
+            raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "data.val_fraction + data.test_fraction must leave images to train on"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.on_bad_image not in ("skip", "error"):
+            raise ConfigError("data.on_bad_image must be 'skip' or 'error'")
+
+
+@dataclass
+class ImageSet:
+    """Images (uint8 HWC arrays or file paths) with integer labels."""
+
+    items: Sequence[np.ndarray | str]
+    labels: np.ndarray
+    class_names: list[str]
+    ids: list[str] | None = None  # stable names for the split manifest; default: the paths
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = [
+                item if isinstance(item, str) else str(i) for i, item in enumerate(self.items)
+            ]
+
+    def subset(self, indices: np.ndarray) -> ImageSet:
+        return ImageSet(
+            [self.items[i] for i in indices],
+            self.labels[indices],
+            self.class_names,
+            [self.ids[i] for i in indices],
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Splits:
+    train: ImageSet
+    val: ImageSet
+    test: ImageSet
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLITS}
+
+    def manifest_rows(self) -> list[tuple[str, str, str]]:
+        """(split, image id, class name) for every image: enough to rebuild the split."""
+        return [
+            (name, image_id, part.class_names[label])
+            for name in SPLITS
+            for part in (getattr(self, name),)
+            for image_id, label in zip(part.ids, part.labels, strict=True)
+        ]
+
+
+# --- sources -----------------------------------------------------------------
+
+
+def load_digits() -> ImageSet:
+    """scikit-learn's 1,797 8x8 grey digits as uint8 RGB images (ink bright on black)."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    grey = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)  # values are 0..16
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    ids = [f"sklearn-digits/{i}" for i in range(len(rgb))]
+    return ImageSet(list(rgb), bunch.target.astype(np.int64), [str(c) for c in range(10)], ids)
+
+
+def scan_class_folders(
+    root: Path, class_names: list[str] | None = None
+) -> tuple[ImageSet, list[str]]:
+    """`root/<class>/*` -> ImageSet of paths. Returns the set and the files left out."""
+    if not root.is_dir():
+        raise DataError(f"image folder not found: {root}")
+    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    class_names = class_names or found
+    if not class_names:
+        raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)")
+    items, labels, skipped = [], [], []
+    for label, name in enumerate(class_names):
+        folder = root / name
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
+        skipped += [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        if not images:
+            raise DataError(f"class folder has no images: {folder}")
+        items += [str(p) for p in images]
+        labels += [label] * len(images)
+    return ImageSet(items, np.asarray(labels, dtype=np.int64), class_names), skipped
+
+
+def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
+    """Decode any PIL-readable image to uint8 RGB (grey, RGBA, palette, 16-bit, GIF frame 0).
+
+    `min_size` lets JPEG decoding downscale by 2/4/8 inside libjpeg (PIL's draft mode),
+    which is several times faster than decoding full size and resizing afterwards.
+    """
+    with Image.open(path) as img:
+        if min_size and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+            arr = np.asarray(img, dtype=np.float32)
+            scale = 255.0 / max(float(arr.max()), 1.0)
+            return np.repeat((arr * scale).astype(np.uint8)[..., None], 3, axis=-1)
+        if img.mode in ("RGBA", "LA", "P"):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+            img = Image.alpha_composite(background, img)
+        return np.asarray(img.convert("RGB"))
+
+
+def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list[str]]:
+    """Check every file's header once, so a bad file fails here and not mid-epoch."""
+    keep, bad = [], []
+    for i, item in enumerate(images.items):
+        if not isinstance(item, str):
+            keep.append(i)
+            continue
+        try:
+            with Image.open(item) as img:
+                img.verify()
+            keep.append(i)
+        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+            if on_bad_image == "error":
+                raise DataError(f"unreadable image: {item} ({exc})") from exc
+            bad.append(item)
+    if bad:
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), bad[0])
+    return images.subset(np.asarray(keep, dtype=np.int64)), bad
+
+
+def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """Split indices into len(fractions)+1 parts, stratified by label, deterministic in seed.
+
+    The last part gets what the fractions leave. Parts are returned sorted.
+    """
+    rng = np.random.default_rng(seed)
+    parts: list[list[int]] = [[] for _ in range(len(fractions) + 1)]
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        start = 0
+        for k, frac in enumerate(fractions):
+            n = round(frac * len(idx))
+            parts[k] += idx[start : start + n].tolist()
+            start += n
+        parts[-1] += idx[start:].tolist()
+    return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
+
+
+def build_splits(cfg: DataConfig, seed: int) -> Splits:
+    """Load the configured source and return train/val/test; the split is seeded."""
+    if cfg.name == "digits":
+        return _split_all(load_digits(), cfg, seed, skipped=[])
+    if not cfg.root:
+        raise ConfigError("data=folder needs data.root=<folder with class sub-folders>")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root not found: {root}")
+    if not (root / "train").is_dir():
+        images, skipped = scan_class_folders(root)
+        images, bad = drop_unreadable(images, cfg.on_bad_image)
+        return _split_all(images, cfg, seed, skipped + bad)
+
+    # Pre-split layout: train/ (+ val/) (+ test/). A val/ without test/ is held out as the
+    # test set (as in the classic ants/bees layout); validation is then carved from train/.
+    train, skipped = scan_class_folders(root / "train")
+    train, bad = drop_unreadable(train, cfg.on_bad_image)
+    skipped += bad
+    held_out = {}
+    for name in ("val", "test"):
+        if (root / name).is_dir():
+            images, extra = scan_class_folders(root / name, train.class_names)
+            images, bad = drop_unreadable(images, cfg.on_bad_image)
+            held_out[name], skipped = images, skipped + extra + bad
+    if "test" not in held_out and "val" in held_out:
+        held_out["test"] = held_out.pop("val")
+    if "val" not in held_out:
+        train_idx, val_idx = stratified_split(train.labels, [1 - cfg.val_fraction], seed)
+        train, held_out["val"] = train.subset(train_idx), train.subset(val_idx)
+    if "test" not in held_out:
+        train_idx, test_idx = stratified_split(train.labels, [1 - cfg.test_fraction], seed)
+        train, held_out["test"] = train.subset(train_idx), train.subset(test_idx)
+    return Splits(train, held_out["val"], held_out["test"], skipped)
+
+
+def _split_all(images: ImageSet, cfg: DataConfig, seed: int, skipped: list[str]) -> Splits:
+    test_idx, val_idx, train_idx = stratified_split(
+        images.labels, [cfg.test_fraction, cfg.val_fraction], seed
+    )
+    return Splits(
+        images.subset(train_idx), images.subset(val_idx), images.subset(test_idx), skipped
+    )
+
+
+# --- torch side ----------------------------------------------------------------
+
+
+class ImageDataset(Dataset):
+    """Applies an albumentations transform per sample; yields (uint8 HWC tensor, label)."""
+
+    def __init__(self, images: ImageSet, transform: Callable, decode_size: int | None = None):
+        self.images = images
+        self.transform = transform
+        self.decode_size = decode_size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.images.items[index]
+        image = read_rgb(item, self.decode_size) if isinstance(item, str) else item
+        image = self.transform(image=image)["image"]
+        return torch.from_numpy(np.ascontiguousarray(image)), int(self.images.labels[index])
+
+
+def default_num_workers() -> int:
+    """Leave one core to the training process; a small box is better off without workers."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(8, cpus - 1)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Each worker gets a distinct, reproducible seed derived from the loader's base seed.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    import random
+
+    random.seed(seed)
+
+
+def build_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    train: bool,
+    num_workers: int | None,
+    seed: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    workers = default_num_workers() if num_workers is None else num_workers
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
+        generator=generator,
+    )
+
+
+class DeviceNormalize(torch.nn.Module):
+    """uint8 NHWC batch -> normalised float NCHW (channels_last strides), on the device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        std_t = torch.tensor(std, dtype=torch.float32)
+        # (x/255 - mean) / std == x * scale + shift: one fused multiply-add per pixel.
+        self.register_buffer("scale", (1.0 / (255.0 * std_t)).view(1, -1, 1, 1), persistent=False)
+        shift = -torch.tensor(mean, dtype=torch.float32) / std_t
+        self.register_buffer("shift", shift.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float()  # NHWC storage is NCHW channels_last: no copy
+        return torch.addcmul(self.shift, x, self.scale)

@@ -1,0 +1,91 @@
+"""Learning-rate schedules with linear warmup, stepped per batch (plateau: per epoch)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from pipeline.errors import ConfigError
+
+SCHEDULES = ("constant", "cosine", "step", "exponential", "plateau")
+
+
+@dataclass
+class SchedConfig:
+    name: str = "cosine"  # constant | cosine | step | exponential | plateau
+    warmup_epochs: float = 0.0  # linear ramp from 0 (not with plateau)
+    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak LR
+    step_epochs: int = 10  # step: decay every N epochs
+    gamma: float = 0.1  # step: factor per step; exponential: factor per epoch
+    plateau_patience: int = 2  # plateau: epochs without val/loss improvement before decay
+    plateau_factor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.name not in SCHEDULES:
+            raise ConfigError(f"sched.name={self.name!r} is not one of: {', '.join(SCHEDULES)}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"sched.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.name == "plateau" and self.warmup_epochs:
+            raise ConfigError("sched.warmup_epochs is not supported with sched.name=plateau")
+        if not 0 < self.gamma <= 1:
+            raise ConfigError(f"sched.gamma must be in (0, 1], got {self.gamma}")
+        if self.step_epochs < 1:
+            raise ConfigError(f"sched.step_epochs must be >= 1, got {self.step_epochs}")
+
+
+def lr_factor(cfg: SchedConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
+    """Multiplier on the peak LR at optimizer step `step` (pure; tested directly)."""
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    epoch = step / steps_per_epoch
+    if cfg.name == "cosine":
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if cfg.name == "step":
+        return cfg.gamma ** int(epoch // cfg.step_epochs)
+    if cfg.name == "exponential":
+        return cfg.gamma**epoch
+    return 1.0
+
+
+class Schedule:
+    """One object the training loop steps after every batch and every epoch."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int
+    ):
+        self.cfg = cfg
+        if cfg.name == "plateau":
+            self.per_batch = None
+            self.per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
+            )
+        else:
+            total = epochs * steps_per_epoch
+            self.per_batch = torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda s: lr_factor(cfg, s, total, steps_per_epoch)
+            )
+            self.per_epoch = None
+
+    def step_batch(self) -> None:
+        if self.per_batch is not None:
+            self.per_batch.step()
+
+    def step_epoch(self, val_loss: float) -> None:
+        if self.per_epoch is not None:
+            self.per_epoch.step(val_loss)
+
+    def state_dict(self) -> dict:
+        return (self.per_batch or self.per_epoch).state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        (self.per_batch or self.per_epoch).load_state_dict(state)
+
+
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int
+) -> Schedule:
+    return Schedule(optimizer, cfg, epochs, max(1, steps_per_epoch))

@@ -1,0 +1,126 @@
+"""MLflow run lifecycle: start, log, and always end with the right status.
+
+`import mlflow` costs seconds, so it happens only when a run actually starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"  # for experiments this store creates
+    experiment: str = "default"
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists and scalars are leaves."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class Run:
+    """A live MLflow run (or a no-op one when tracking is disabled)."""
+
+    def __init__(self, client: Any = None, run_id: str | None = None):
+        self.client = client
+        self.run_id = run_id
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.active:
+            return
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.active:
+            for key, value in tags.items():
+                self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LENGTH])
+
+    def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
+        if self.active:
+            self.client.log_artifact(self.run_id, str(path), subdir)
+
+
+def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
+    experiment = client.get_experiment_by_name(cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None
+    if "://" not in cfg.uri or cfg.uri.startswith(("sqlite:", "file:")):
+        # A local store keeps artifacts under an absolute file URI beside it, so
+        # `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` finds them.
+        location = Path(cfg.artifact_root).expanduser().resolve().as_uri()
+    return client.create_experiment(cfg.experiment, artifact_location=location)
+
+
+def _ensure_sqlite_dir(uri: str) -> None:
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
+@contextmanager
+def start_run(cfg: TrackingConfig, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
+    """Yields a Run; ends it FINISHED, FAILED (error tagged) or KILLED (Ctrl-C / SIGTERM)."""
+    if not cfg.enabled:
+        yield Run()
+        return
+    _ensure_sqlite_dir(cfg.uri)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=cfg.uri)
+    experiment_id = _experiment_id(client, cfg)
+    run_tags = {**cfg.tags, **(tags or {})}
+    if cfg.run_name:
+        run_tags["mlflow.runName"] = cfg.run_name
+    mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
+    run = Run(client, mlflow_run.info.run_id)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        client.set_terminated(run.run_id, status="KILLED")
+        raise
+    except BaseException as exc:
+        client.set_tag(run.run_id, "error", f"{type(exc).__name__}: {exc}"[:MAX_PARAM_LENGTH])
+        client.set_terminated(run.run_id, status="FAILED")
+        raise
+    else:
+        client.set_terminated(run.run_id, status="FINISHED")

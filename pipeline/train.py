@@ -1,0 +1,333 @@
+"""The training loop: mixed precision, early stopping with best-weight restore, checkpoints.
+
+Kept free of tracking and config plumbing: `fit` takes built objects and reports each epoch
+through a callback, so it can be tested and benchmarked on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from pipeline.checkpoint import load_checkpoint, save_atomic
+from pipeline.errors import ConfigError, TrainingError
+from pipeline.sched import Schedule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    enabled: bool = True
+    monitor: str = "val/loss"  # any per-epoch metric: val/loss, val/acc, ...
+    mode: str = "min"  # min | max
+    min_delta: float = 0.0  # smaller changes do not count as improvement
+    patience: int = 5  # epochs without improvement before stopping
+    restore_best: bool = True  # end with the best epoch's weights, not the last
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("min", "max"):
+            raise ConfigError(f"train.early_stopping.mode must be min or max, got {self.mode!r}")
+        if self.patience < 0 or self.min_delta < 0:
+            raise ConfigError("train.early_stopping.patience and min_delta must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
+    channels_last: bool | None = None  # None: on for CUDA
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None  # max global grad norm
+    threads: int | None = None  # torch CPU threads; None: torch's default
+    progress: bool | None = None  # per-batch bar; None: only on a terminal
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if self.amp not in ("auto", "bf16", "fp16", "off"):
+            raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {self.amp!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(
+                f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
+
+
+# --- device and precision --------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available; use train.device=cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU has it, else fp16 (with a grad scaler); off on CPU unless asked."""
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "fp16":
+        return torch.float16
+    if amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
+
+
+# --- early stopping ------------------------------------------------------------------------
+
+
+class EarlyStopping:
+    """Tracks the monitored metric; `step` returns True when this epoch is the new best."""
+
+    def __init__(self, cfg: EarlyStoppingConfig):
+        self.cfg = cfg
+        self.best = math.inf if cfg.mode == "min" else -math.inf
+        self.best_epoch = -1
+        self.bad_epochs = 0
+
+    def is_improvement(self, value: float) -> bool:
+        if self.cfg.mode == "min":
+            return value < self.best - self.cfg.min_delta
+        return value > self.best + self.cfg.min_delta
+
+    def step(self, value: float, epoch: int) -> bool:
+        if self.is_improvement(value):
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+    @property
+    def should_stop(self) -> bool:
+        return self.cfg.enabled and self.bad_epochs > self.cfg.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_epoch, self.bad_epochs = (
+            state["best"],
+            state["best_epoch"],
+            state["bad_epochs"],
+        )
+
+
+# --- one pass over the data ------------------------------------------------------------------
+
+
+@dataclass
+class Batches:
+    """Moves uint8 NHWC batches to the device and normalises them there."""
+
+    normalize: nn.Module
+    device: torch.device
+    channels_last: bool
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.normalize(images.to(self.device, non_blocking=True))
+        if not self.channels_last:
+            images = images.contiguous()
+        return images, labels.to(self.device, non_blocking=True)
+
+
+def _progress(loader: DataLoader, desc: str, enabled: bool):
+    return tqdm(
+        loader, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr
+    )
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    batches: Batches,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    cfg: TrainConfig,
+    amp_dtype: torch.dtype | None,
+    scaler: torch.amp.GradScaler | None,
+    progress: bool,
+    desc: str = "train",
+) -> dict[str, float]:
+    model.train()
+    # Sums stay on the device: no host sync per batch.
+    loss_sum = torch.zeros((), device=batches.device)
+    correct = torch.zeros((), device=batches.device, dtype=torch.long)
+    seen = 0
+    for images, labels in _progress(loader, desc, progress):
+        x, y = batches(images, labels)
+        with autocast(batches.device, amp_dtype):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+        schedule.step_batch()
+        loss_sum += loss.detach() * y.shape[0]
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += y.shape[0]
+    mean_loss = loss_sum.item() / max(seen, 1)
+    if not math.isfinite(mean_loss):
+        raise TrainingError(f"training loss is {mean_loss}: lower optim.lr or set train.grad_clip")
+    return {"loss": mean_loss, "acc": correct.item() / max(seen, 1)}
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, loader: DataLoader, batches: Batches, amp_dtype: torch.dtype | None
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Mean loss, softmax probabilities (N, C) and targets (N,) over a loader."""
+    model.eval()
+    loss_sum, probs, targets = torch.zeros((), device=batches.device), [], []
+    for images, labels in loader:
+        x, y = batches(images, labels)
+        with autocast(batches.device, amp_dtype):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        probs.append(logits.softmax(1))
+        targets.append(y)
+    n = sum(len(t) for t in targets)
+    return (
+        loss_sum.item() / max(n, 1),
+        torch.cat(probs).cpu().numpy(),
+        torch.cat(targets).cpu().numpy(),
+    )
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_value: float
+    stopped_early: bool
+    best_checkpoint: Path | None
+    train_seconds: float
+
+
+def fit(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    cfg: TrainConfig,
+    batches: Batches,
+    checkpoint_dir: Path,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train for up to cfg.epochs; validate each epoch; stop early; restore the best weights."""
+    amp_dtype = resolve_amp(cfg.amp, batches.device)
+    scaler = (
+        torch.amp.GradScaler("cuda")
+        if amp_dtype == torch.float16 and batches.device.type == "cuda"
+        else None
+    )
+    stopper = EarlyStopping(cfg.early_stopping)
+    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+    best_path = checkpoint_dir / "best.pt"
+    history: list[dict[str, float]] = []
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        tic = time.perf_counter()
+        train = train_one_epoch(
+            model,
+            train_loader,
+            batches,
+            optimizer,
+            schedule,
+            cfg,
+            amp_dtype,
+            scaler,
+            progress,
+            desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        )
+        val_loss, val_probs, val_targets = predict(model, val_loader, batches, amp_dtype)
+        metrics = {
+            "train/loss": train["loss"],
+            "train/acc": train["acc"],
+            "val/loss": val_loss,
+            "val/acc": float((val_probs.argmax(1) == val_targets).mean()),
+            "lr": max(group["lr"] for group in optimizer.param_groups),
+            "epoch_seconds": time.perf_counter() - tic,
+        }
+        schedule.step_epoch(val_loss)
+        if cfg.early_stopping.monitor not in metrics:
+            raise ConfigError(
+                f"train.early_stopping.monitor={cfg.early_stopping.monitor!r} is not one of: {', '.join(metrics)}"
+            )
+        if stopper.step(metrics[cfg.early_stopping.monitor], epoch):
+            save_atomic(
+                {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path
+            )
+        history.append(metrics)
+        log.info(
+            "epoch %d/%d  train/loss %.4f  train/acc %.4f  val/loss %.4f  val/acc %.4f  lr %.2e  %.1fs%s",
+            epoch + 1,
+            cfg.epochs,
+            metrics["train/loss"],
+            metrics["train/acc"],
+            metrics["val/loss"],
+            metrics["val/acc"],
+            metrics["lr"],
+            metrics["epoch_seconds"],
+            "  *" if stopper.best_epoch == epoch else "",
+        )
+        if on_epoch:
+            on_epoch(epoch, metrics)
+        if stopper.should_stop:
+            log.info(
+                "early stop: %s did not improve by > %g for %d epochs (best %.4f at epoch %d)",
+                cfg.early_stopping.monitor,
+                cfg.early_stopping.min_delta,
+                cfg.early_stopping.patience,
+                stopper.best,
+                stopper.best_epoch + 1,
+            )
+            break
+    if cfg.early_stopping.restore_best and best_path.exists():
+        model.load_state_dict(load_checkpoint(best_path)["model"])
+    return FitResult(
+        history=history,
+        best_epoch=stopper.best_epoch,
+        best_value=stopper.best,
+        stopped_early=stopper.should_stop,
+        best_checkpoint=best_path if best_path.exists() else None,
+        train_seconds=time.perf_counter() - start,
+    )
