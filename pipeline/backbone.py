@@ -87,10 +87,21 @@ def create_backbone(
 
 @torch.no_grad()
 def feature_dim(model: nn.Module, img_size: int) -> int:
-    """Width of the pooled features (pooling choice and pre-logits layers included)."""
+    """Width of the pooled features (pooling choice and pre-logits layers included).
+
+    Probed with one small image (any size the net accepts gives the same width); nets
+    with a minimum input (Inception: 75 px) are probed at the configured size instead."""
     was_training = model.training
     model.eval()
-    size = min(img_size, 64)  # any size the net accepts gives the same width
-    dim = model(torch.zeros(1, 3, size, size)).shape[-1]
-    model.train(was_training)
-    return int(dim)
+    try:
+        for size in dict.fromkeys((min(img_size, 64), img_size)):
+            try:
+                return int(model(torch.zeros(1, 3, size, size)).shape[-1])
+            except RuntimeError as exc:
+                error = exc
+        raise ConfigError(
+            f"backbone.img_size={img_size} is too small for this backbone: "
+            f"{str(error).splitlines()[0]}"
+        )
+    finally:
+        model.train(was_training)

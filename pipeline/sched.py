@@ -58,6 +58,8 @@ class Schedule:
         self, optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int
     ):
         self.cfg = cfg
+        self.optimizer, self.epochs, self.steps_per_epoch = optimizer, epochs, steps_per_epoch
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         if cfg.name == "plateau":
             self.per_batch = None
             self.per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -77,6 +79,24 @@ class Schedule:
     def step_epoch(self, val_loss: float) -> None:
         if self.per_epoch is not None:
             self.per_epoch.step(val_loss)
+
+    def rebind(self, optimizer: torch.optim.Optimizer) -> Schedule:
+        """This schedule at the same position, driving a rebuilt optimizer (a fine-tuning
+        strategy changed what trains): each new group starts at its own peak LR times the
+        factor reached so far, and the plateau counters carry over."""
+        new = Schedule(optimizer, self.cfg, self.epochs, self.steps_per_epoch)
+        if self.per_batch is not None:
+            step = self.per_batch.last_epoch
+            factor = self.per_batch.lr_lambdas[0](step)
+            new.per_batch.last_epoch = step
+        else:
+            factor = self.optimizer.param_groups[0]["lr"] / self.base_lrs[0]
+            for key in ("best", "num_bad_epochs", "cooldown_counter", "last_epoch"):
+                setattr(new.per_epoch, key, getattr(self.per_epoch, key))
+        for group, base in zip(optimizer.param_groups, new.base_lrs):
+            group["lr"] = base * factor
+        (new.per_batch or new.per_epoch)._last_lr = [g["lr"] for g in optimizer.param_groups]
+        return new
 
     def state_dict(self) -> dict:
         return (self.per_batch or self.per_epoch).state_dict()

@@ -251,8 +251,12 @@ def fit(
     batches: Batches,
     checkpoint_dir: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    on_epoch_start: Callable[[int], tuple[torch.optim.Optimizer, Schedule] | None] | None = None,
 ) -> FitResult:
-    """Train for up to cfg.epochs; validate each epoch; stop early; restore the best weights."""
+    """Train for up to cfg.epochs; validate each epoch; stop early; restore the best weights.
+
+    `on_epoch_start(epoch)` may return a new (optimizer, schedule) pair, e.g. when a
+    fine-tuning strategy unfreezes more of the backbone."""
     amp_dtype = resolve_amp(cfg.amp, batches.device)
     scaler = (
         torch.amp.GradScaler("cuda")
@@ -266,6 +270,9 @@ def fit(
     start = time.perf_counter()
     for epoch in range(cfg.epochs):
         tic = time.perf_counter()
+        rebuilt = on_epoch_start(epoch) if on_epoch_start else None
+        if rebuilt:
+            optimizer, schedule = rebuilt
         train = train_one_epoch(
             model,
             train_loader,

@@ -16,6 +16,7 @@ Files are read with `torch.load(weights_only=True)` or safetensors, never with p
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import os
 import socket
@@ -40,6 +41,10 @@ OFFLINE_FIXES = (
     "or pre-fill the Hugging Face cache (python -m pipeline stage=download on a connected machine) "
     "and set HF_HUB_OFFLINE=1, or train from scratch with backbone.pretrained=false"
 )
+
+
+class WeightsOfflineError(WeightsUnavailableError):
+    """No local source has the weights and the hub is off limits or unreachable."""
 
 
 @dataclass(frozen=True)
@@ -199,7 +204,7 @@ def resolve_pretrained(
             path = download_from_hub(repo_id)
             return read_state_dict(path), WeightsInfo("hub", str(path), sha256_of(path))
     where = f"hub repo {repo_id}" if repo_id else "no known download location"
-    raise WeightsUnavailableError(
+    raise WeightsOfflineError(
         f"no pretrained weights for {model_name} offline ({where}, not in the local cache): {OFFLINE_FIXES}"
     )
 
@@ -208,15 +213,24 @@ def resolve_pretrained(
 
 
 def convert_checkpoint(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Apply the model family's own converter (e.g. torchvision VGG -> timm), if timm has one."""
+    """Apply the model family's own converter, if timm has one: e.g. timm.models.vgg's
+    `_filter_fn` turns torchvision's `classifier.0/3/6` Linear layers into timm's
+    `pre_logits.fc1/fc2` convs and `head.fc`. ResNet and Inception-v3 torchvision files
+    already use timm's names (their AuxLogits are dropped with the classifier)."""
     module = sys.modules.get(type(model).__module__)
     for name in ("checkpoint_filter_fn", "_filter_fn"):
         fn = getattr(module, name, None)
-        if callable(fn):
-            try:
-                return fn(state, model)
-            except Exception as exc:  # a converter for another layout; keep the original
-                log.debug("checkpoint filter %s skipped: %s", name, exc)
+        if not callable(fn):
+            continue
+        takes_model = len(inspect.signature(fn).parameters) > 1
+        try:
+            converted = fn(state, model) if takes_model else fn(state)
+        except Exception as exc:  # a converter for another layout; keep the original
+            log.debug("checkpoint filter %s.%s skipped: %s", module.__name__, name, exc)
+            continue
+        if set(converted) != set(state):
+            log.info("converted checkpoint keys with %s.%s", module.__name__, name)
+        return converted
     return state
 
 

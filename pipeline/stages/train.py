@@ -14,7 +14,7 @@ import yaml
 from pipeline.augment import build_eval_transform, build_train_transform
 from pipeline.config import RunConfig
 from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
-from pipeline.finetune import apply_finetune
+from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
@@ -161,6 +161,7 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
             batches,
             checkpoint_dir=out_dir / "checkpoints",
             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+            on_epoch_start=rebuild_on_change(model, cfg.finetune, cfg.optim, optimizer, schedule),
         )
         # The test split is touched exactly once, after model selection is over.
         test_loss, probs, targets = predict(
