@@ -99,9 +99,12 @@ def feature_dim(model: nn.Module, img_size: int) -> int:
                 return int(model(torch.zeros(1, 3, size, size)).shape[-1])
             except RuntimeError as exc:
                 error = exc
+        cfg = getattr(model, "pretrained_cfg", {})
+        native = cfg.get("input_size", (3, img_size))[-1]
         raise ConfigError(
-            f"backbone.img_size={img_size} is too small for this backbone: "
-            f"{str(error).splitlines()[0]}"
+            f"backbone.img_size={img_size} is too small for {cfg.get('architecture', 'this')}"
+            f" ({str(error).splitlines()[0]}): set backbone.img_size={native} (its pretrained"
+            " size) or null"
         )
     finally:
         model.train(was_training)

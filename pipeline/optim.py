@@ -75,9 +75,7 @@ def _distance_from_head(model: nn.Module) -> dict[str, tuple[int, int]]:
 
     stages = backbone_stages(model.backbone)
     return {
-        name: (len(stages) - index, index)
-        for index, names in enumerate(stages)
-        for name in names
+        name: (len(stages) - index, index) for index, names in enumerate(stages) for name in names
     }
 
 

@@ -93,7 +93,7 @@ class Schedule:
             factor = self.optimizer.param_groups[0]["lr"] / self.base_lrs[0]
             for key in ("best", "num_bad_epochs", "cooldown_counter", "last_epoch"):
                 setattr(new.per_epoch, key, getattr(self.per_epoch, key))
-        for group, base in zip(optimizer.param_groups, new.base_lrs):
+        for group, base in zip(optimizer.param_groups, new.base_lrs, strict=True):
             group["lr"] = base * factor
         (new.per_batch or new.per_epoch)._last_lr = [g["lr"] for g in optimizer.param_groups]
         return new
