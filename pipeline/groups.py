@@ -48,8 +48,3 @@ def _top_level_groups(names: list[str]) -> list[list[str]]:
     for name in names:
         groups.setdefault(name.split(".")[0], []).append(name)
     return list(groups.values())
-
-
-def stage_of_param(model: nn.Module) -> dict[str, int]:
-    """Parameter name -> stage index (0 = nearest the input)."""
-    return {name: index for index, names in enumerate(backbone_stages(model)) for name in names}

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
+from pipeline.groups import backbone_stages
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 
@@ -71,8 +72,6 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 def _distance_from_head(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Backbone parameter name -> (stages between it and the head, its stage index)."""
-    from pipeline.groups import backbone_stages
-
     stages = backbone_stages(model.backbone)
     return {
         name: (len(stages) - index, index) for index, names in enumerate(stages) for name in names
