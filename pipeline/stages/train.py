@@ -146,8 +146,8 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     )
     class_weights = None
     if cfg.train.class_weights == "auto":
-        weights = inverse_frequency_weights(splits.train.labels, num_classes)
-        class_weights = torch.as_tensor(weights, dtype=torch.float32, device=device)
+        inverse = inverse_frequency_weights(splits.train.labels, num_classes)
+        class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     derived = {
