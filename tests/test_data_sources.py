@@ -157,7 +157,9 @@ def test_cifar_unpickler_refuses_anything_but_arrays(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    with pytest.raises(pickle.UnpicklingError, match=r"refusing to load (__builtin__|builtins)\.print"):
+    with pytest.raises(
+        pickle.UnpicklingError, match=r"refusing to load (__builtin__|builtins)\.print"
+    ):
         unpickle_batch(pickle.dumps({b"data": Evil()}, protocol=2))
     spec = ARCHIVES["cifar10"]
     path = tmp_path / spec.filename
