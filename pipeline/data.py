@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,21 +199,32 @@ def check_decodes(path: str) -> None:
         img.load()
 
 
+def _decode_error(item: np.ndarray | str) -> Exception | None:
+    if not isinstance(item, str):
+        return None
+    try:
+        check_decodes(item)
+    except BAD_IMAGE_ERRORS as exc:
+        return exc
+    return None
+
+
 def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list[str]]:
     """Decode every file once: with on_bad_image=skip bad ones are left out and returned."""
+    # PIL releases the GIL while decoding, so threads spread the check over the cores.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        errors = list(pool.map(_decode_error, images.items, chunksize=64))
     keep, bad = [], []
-    for i, item in enumerate(images.items):
-        if not isinstance(item, str):
+    for i, (item, exc) in enumerate(zip(images.items, errors, strict=True)):
+        if exc is None:
             keep.append(i)
-            continue
-        try:
-            check_decodes(item)
-            keep.append(i)
-        except BAD_IMAGE_ERRORS as exc:
-            if on_bad_image == "error":
-                raise DataError(f"unreadable image: {item} ({exc})") from exc
+        elif on_bad_image == "error":
+            raise DataError(f"unreadable image: {item} ({exc})") from exc
+        else:
             log.warning("skipping unreadable image %s (%s)", item, exc)
             bad.append(item)
+    if bad and not keep:
+        raise DataError(f"none of {len(bad)} image(s) can be decoded, e.g. {bad[0]}")
     if bad:
         log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), bad[0])
     return images.subset(np.asarray(keep, dtype=np.int64)), bad

@@ -5,7 +5,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline.data import DataConfig, ImageDataset, build_splits, check_decodes, read_rgb
+from pipeline.data import (
+    DataConfig,
+    ImageDataset,
+    ImageSet,
+    build_splits,
+    check_decodes,
+    drop_unreadable,
+    read_rgb,
+)
 from pipeline.errors import DataError
 from pipeline.stages import run_train
 from tests.conftest import write_image_folder
@@ -113,3 +121,10 @@ def test_run_logs_skipped_count_list_and_class_counts(tiny_cfg, mlflow_uri, tmp_
     assert run.data.params["data.class_counts.test"] == '{"ant": 2, "bee": 2, "wasp": 2}'
     assert run.data.params["train.class_weights"] == "auto"
     assert 0 <= result.test_metrics["test/acc"] <= 1
+
+
+def test_a_set_with_no_decodable_image_fails_in_one_line(tmp_path):
+    broken = write_broken_images(tmp_path)
+    images = ImageSet([str(p) for p in broken.values()], np.array([0, 0]), ["a"])
+    with pytest.raises(DataError, match="none of 2 image"):
+        drop_unreadable(images, "skip")
