@@ -29,6 +29,10 @@ class AugmentConfig:
     scale: tuple[float, float] = (0.6, 1.0)  # random-resized-crop area range
     hflip: float = 0.5  # probability; 0 for images whose mirror is another class (digits)
     crop_pct: float | None = None  # eval centre-crop fraction; None: the backbone's own
+    # Per-batch mixing on the device (pipeline/mix.py); 0 turns each off.
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing factor; 0.2 to 0.4 is usual
+    cutmix_alpha: float = 0.0  # 1.0 is usual; with both on, each batch picks one at random
+    mix_prob: float = 1.0  # chance that a batch is mixed at all
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -38,6 +42,10 @@ class AugmentConfig:
             raise ConfigError(f"augment.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"augment.hflip is a probability, got {self.hflip}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
+        if not 0 <= self.mix_prob <= 1:
+            raise ConfigError(f"augment.mix_prob is a probability, got {self.mix_prob}")
 
 
 def build_eval_transform(img_size: int, crop_pct: float, interpolation: str) -> A.Compose:
@@ -64,8 +72,16 @@ def build_train_transform(
         steps.append(A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.5))
     else:  # strong
         steps += [
-            A.Affine(rotate=(-15, 15), translate_percent=(-0.05, 0.05), p=0.5),
-            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+            A.Affine(
+                scale=(0.9, 1.1),
+                translate_percent=(-0.1, 0.1),
+                rotate=(-15, 15),
+                interpolation=interp,
+                p=0.5,
+            ),
+            A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.5),
+            A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.3, hue=0.05, p=0.5),
+            rand_augment(),
             A.CoarseDropout(
                 num_holes_range=(1, 4),
                 hole_height_range=(0.05, 0.2),
@@ -74,3 +90,23 @@ def build_train_transform(
             ),
         ]
     return A.Compose(steps)
+
+
+def rand_augment(n: int = 2, p: float = 0.7) -> A.SomeOf:
+    """RandAugment-like: `n` ops drawn at random from the photometric part of its list
+    (the geometric ones are covered by the crop and Affine steps above)."""
+    return A.SomeOf(
+        [
+            A.AutoContrast(p=1.0),
+            A.Equalize(p=1.0),
+            A.Posterize(num_bits=(4, 7), p=1.0),
+            A.Solarize(threshold_range=(0.5, 1.0), p=1.0),
+            A.Sharpen(alpha=(0.1, 0.4), p=1.0),
+            A.RandomGamma(gamma_limit=(70, 140), p=1.0),
+            A.HueSaturationValue(p=1.0),
+            A.ToGray(p=1.0),
+        ],
+        n=n,
+        replace=False,
+        p=p,
+    )

@@ -52,6 +52,7 @@ class TrainConfig:
     amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | bf16 | fp16 | off
     channels_last: bool | None = None  # None: on for CUDA
     label_smoothing: float = 0.0
+    class_weights: str | None = None  # auto: inverse class frequency in the loss; null: off
     grad_clip: float | None = None  # max global grad norm
     threads: int | None = None  # torch CPU threads; None: torch's default
     progress: bool | None = None  # per-batch bar; None: only on a terminal
@@ -65,6 +66,10 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(
                 f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
+            )
+        if self.class_weights not in (None, "auto"):
+            raise ConfigError(
+                f"train.class_weights must be auto or null, got {self.class_weights!r}"
             )
 
 
@@ -171,7 +176,11 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     progress: bool,
     desc: str = "train",
+    batch_transform: Callable | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
+    """`batch_transform(x, y) -> (x, targets)` may mix images on the device and return soft
+    targets (N, C), e.g. `pipeline.mix.MixBatch`; accuracy is still counted against `y`."""
     model.train()
     # Sums stay on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=batches.device)
@@ -179,9 +188,12 @@ def train_one_epoch(
     seen = 0
     for images, labels in _progress(loader, desc, progress):
         x, y = batches(images, labels)
+        x, targets = batch_transform(x, y) if batch_transform else (x, y)
         with autocast(batches.device, amp_dtype):
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            loss = F.cross_entropy(
+                logits, targets, weight=class_weights, label_smoothing=cfg.label_smoothing
+            )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -252,6 +264,8 @@ def fit(
     checkpoint_dir: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     on_epoch_start: Callable[[int], tuple[torch.optim.Optimizer, Schedule] | None] | None = None,
+    batch_transform: Callable | None = None,
+    class_weights: torch.Tensor | None = None,
 ) -> FitResult:
     """Train for up to cfg.epochs; validate each epoch; stop early; restore the best weights.
 
@@ -284,6 +298,8 @@ def fit(
             scaler,
             progress,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            batch_transform=batch_transform,
+            class_weights=class_weights,
         )
         val_loss, val_probs, val_targets = predict(model, val_loader, batches, amp_dtype)
         metrics = {

@@ -14,8 +14,11 @@ import yaml
 from pipeline.augment import build_eval_transform, build_train_transform
 from pipeline.config import RunConfig
 from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
+from pipeline.data_report import log_data_report
 from pipeline.finetune import apply_finetune, rebuild_on_change
+from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
+from pipeline.mix import build_batch_transform
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
 from pipeline.plots import plot_confusion_matrix, plot_learning_curves
@@ -68,7 +71,12 @@ def _log_test_report(
     }
 
 
-def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
+def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
+    """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds."""
+    if cfg.data.kfold and splits is None:
+        from pipeline.kfold import run_kfold
+
+        return run_kfold(cfg, out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -77,11 +85,13 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
     device = resolve_device(cfg.train.device)
 
     # Everything that can fail on bad input happens before the MLflow run starts.
-    splits = build_splits(cfg.data, cfg.seed)
+    if splits is None:
+        splits = build_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
     model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
     apply_finetune(model, cfg.finetune)
 
+    num_classes = len(splits.class_names)
     crop_pct = cfg.augment.crop_pct or spec.crop_pct
     train_tf = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
     eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
@@ -96,6 +106,9 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
             num_workers=cfg.data.num_workers,
             seed=cfg.seed,
             pin_memory=pin,
+            sample_weights=balanced_sample_weights(splits.train.labels, num_classes)
+            if cfg.data.sampler == "weighted"
+            else None,
         ),
         "val": build_loader(
             ImageDataset(splits.val, eval_tf, decode),
@@ -124,6 +137,17 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
     batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last)
     optimizer = build_optimizer(model, cfg.optim)
     schedule = build_schedule(optimizer, cfg.sched, cfg.train.epochs, len(loaders["train"]))
+    batch_transform = build_batch_transform(
+        cfg.augment.mixup_alpha,
+        cfg.augment.cutmix_alpha,
+        cfg.augment.mix_prob,
+        num_classes,
+        cfg.seed,
+    )
+    class_weights = None
+    if cfg.train.class_weights == "auto":
+        inverse = inverse_frequency_weights(splits.train.labels, num_classes)
+        class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     derived = {
@@ -151,6 +175,7 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
         run.log_params({**flatten(cfg.to_dict()), **derived})
         run.log_artifact(config_path)
         run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
+        log_data_report(run, splits, out_dir)
         result = fit(
             model,
             loaders["train"],
@@ -162,6 +187,8 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
             checkpoint_dir=out_dir / "checkpoints",
             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
             on_epoch_start=rebuild_on_change(model, cfg.finetune, cfg.optim, optimizer, schedule),
+            batch_transform=batch_transform,
+            class_weights=class_weights,
         )
         # The test split is touched exactly once, after model selection is over.
         test_loss, probs, targets = predict(

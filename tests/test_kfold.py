@@ -1,0 +1,75 @@
+"""data.kfold=K: K nested MLflow runs, mean and std on the parent, test split held out."""
+
+import csv
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.data import DataConfig, build_splits
+from pipeline.kfold import kfold_splits, stratified_folds, summarize_folds
+from pipeline.stages import run_train
+from tests.conftest import write_image_folder
+
+
+def test_folds_are_stratified_seeded_and_cover_every_sample():
+    labels = np.repeat([0, 1, 2], [10, 7, 3])
+    folds = stratified_folds(labels, 3, seed=0)
+    assert sorted(np.bincount(folds).tolist()) == [6, 7, 7]
+    for label in range(3):
+        per_fold = np.bincount(folds[labels == label], minlength=3)
+        assert per_fold.max() - per_fold.min() <= 1
+    assert (stratified_folds(labels, 3, seed=0) == folds).all()
+    assert (stratified_folds(labels, 3, seed=1) != folds).any()
+
+
+def test_kfold_splits_keep_the_test_split_out(tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=10)
+    splits = build_splits(DataConfig(name="folder", root=str(root)), seed=0)
+    folds, _ = kfold_splits(splits, 4, seed=0)
+    test_ids = set(splits.test.ids)
+    val_ids = [set(f.val.ids) for f in folds]
+    assert set().union(*val_ids) == set(splits.train.ids) | set(splits.val.ids)
+    assert sum(map(len, val_ids)) == len(set().union(*val_ids))  # folds are disjoint
+    for fold in folds:
+        assert fold.test.ids == splits.test.ids
+        assert not (set(fold.train.ids) | set(fold.val.ids)) & test_ids
+        assert not set(fold.train.ids) & set(fold.val.ids)
+
+
+def test_summary_is_mean_and_sample_std():
+    summary = summarize_folds([{"test/acc": 0.5}, {"test/acc": 0.7}, {"test/acc": 0.9}])
+    assert summary["test/acc_mean"] == pytest.approx(0.7)
+    assert summary["test/acc_std"] == pytest.approx(0.2)
+
+
+@pytest.mark.slow  # three MLflow runs (parent + 2 folds)
+def test_kfold_run_nests_one_child_per_fold_under_a_parent(tiny_cfg, mlflow_uri, tmp_path):
+    root = write_image_folder(tmp_path / "imgs", per_class=8)
+    cfg = tiny_cfg("data=folder", f"data.root={root}", "data.kfold=2", "tracking.run_name=cv")
+    result = run_train(cfg, tmp_path / "out")
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result.run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["kfold"] == "2"
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{result.run_id}'",
+    )
+    assert sorted(c.data.tags["fold"] for c in children) == ["0", "1"]
+    assert {c.info.run_name for c in children} == {"cv-fold0", "cv-fold1"}
+    accs = [c.data.metrics["test/acc"] for c in children]
+    metrics = parent.data.metrics
+    assert metrics["test/acc_mean"] == pytest.approx(np.mean(accs))
+    assert metrics["test/acc_std"] == pytest.approx(np.std(accs, ddof=1))
+    for name in ("test/loss", "test/f1_macro", "val/acc", "val/loss"):
+        assert f"{name}_mean" in metrics and f"{name}_std" in metrics
+    # Every child tested on the same held-out images, none of which it trained on.
+    with open(tmp_path / "out" / "folds.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    test_ids = {r["image"] for r in rows if r["split"] == "test"}
+    assert len(test_ids) == 6 and {r["fold"] for r in rows if r["split"] != "test"} == {"0", "1"}
+    for i in range(2):
+        with open(tmp_path / "out" / f"fold{i}" / "splits.csv", newline="") as f:
+            fold_rows = list(csv.DictReader(f))
+        assert {r["image"] for r in fold_rows if r["split"] == "test"} == test_ids
+        assert not {r["image"] for r in fold_rows if r["split"] != "test"} & test_ids
