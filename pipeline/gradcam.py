@@ -101,3 +101,17 @@ def first_conv(model: nn.Module) -> nn.Conv2d:
         if isinstance(module, nn.Conv2d) and module.in_channels == 3:
             return module
     raise ValueError("no Conv2d with 3 input channels in the model")
+
+
+def gradcam_layer(model: nn.Module, x: torch.Tensor, layers: list[str]) -> str:
+    """The deepest of `layers` whose output still has a spatial grid (at least 2x2).
+
+    Grad-CAM's usual target is the last conv stage, but at small inputs (a 32 px image through
+    a stride-32 net) that stage is 1x1 and its map carries no "where"; one stage up does.
+    """
+    acts = capture_activations(model, x[:1], layers)
+    for name in reversed(layers):
+        out = acts[name]
+        if out.ndim == 4 and min(out.shape[-2:]) >= 2:
+            return name
+    return layers[-1]

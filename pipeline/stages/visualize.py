@@ -18,7 +18,13 @@ from PIL import Image
 from pipeline.config import RunConfig
 from pipeline.data import build_splits, read_rgb
 from pipeline.errors import ConfigError
-from pipeline.gradcam import GradCAM, capture_activations, feature_layers, first_conv
+from pipeline.gradcam import (
+    GradCAM,
+    capture_activations,
+    feature_layers,
+    first_conv,
+    gradcam_layer,
+)
 from pipeline.inference import linked_run, load_trained
 from pipeline.visualize import overlay, plot_feature_maps, plot_gradcam, plot_kernels
 
@@ -75,8 +81,9 @@ def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
         maps[name] = out[0].float().cpu().numpy()
     feature_maps = plot_feature_maps(image, maps, viz.channels, out_dir / "feature_maps.png")
 
-    target = f"backbone.{stages[-1]}"
-    cams, probs = GradCAM(model, target)(trained.to_input(torch.from_numpy(np.stack(images))))
+    batch = trained.to_input(torch.from_numpy(np.stack(images)))
+    target = gradcam_layer(model, batch, [f"backbone.{name}" for name in stages])
+    cams, probs = GradCAM(model, target)(batch)
     cams, probs = cams.cpu().numpy(), probs.cpu().numpy()
     titles, overlays = [], []
     (out_dir / "gradcam").mkdir(exist_ok=True)
