@@ -155,7 +155,7 @@ def plot_reliability(bins: dict, ece: float, path: Path) -> Path:
     ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"reliability diagram (ECE {ece:.4f})")
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -169,6 +169,9 @@ def plot_lr_find(
     ax.plot(lrs, smoothed, label="smoothed")
     if math.isfinite(suggested):
         ax.axvline(suggested, color="red", linestyle="--", label=f"suggested {suggested:.2e}")
+    if len(smoothed) and np.isfinite(smoothed[0]):
+        # Divergence at the end would squash the interesting part: cap the axis.
+        ax.set_ylim(0.9 * float(np.nanmin(losses)), 1.5 * float(smoothed[0]))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")

@@ -42,17 +42,16 @@ class ExportResult:
 
 @contextlib.contextmanager
 def _fluent_run(tracking_uri: str, run_id: str):
-    """mlflow.<flavor>.log_model only logs to the fluent API's active run: resume ours there,
-    and put the global tracking URI back afterwards."""
-    import mlflow
+    """mlflow.<flavor>.log_model only logs to the fluent API's active run: resume ours there.
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        with mlflow.start_run(run_id=run_id):
-            yield mlflow
-    finally:
-        mlflow.set_tracking_uri(previous)
+    MLflow's own `_use_tracking_uri` puts the global URI back exactly as it was (unset stays
+    unset, so MLFLOW_TRACKING_URI keeps working); the public setter cannot do that.
+    """
+    import mlflow
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
+        yield mlflow
 
 
 def _log_mlflow_model(run: Run, tracking_uri: str, traced, example: np.ndarray, probs, labels):
