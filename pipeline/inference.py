@@ -8,6 +8,7 @@ runs (device, threads, workers) and a moved `data.root` come from the current co
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -44,7 +45,9 @@ class TrainedModel:
     device: torch.device
     channels_last: bool = False
 
+    @functools.cached_property
     def eval_transform(self):
+        """Resize the short side to img_size / crop_pct, centre-crop: as validation did."""
         return build_eval_transform(self.spec.img_size, self.crop_pct, self.spec.interpolation)
 
     @property
@@ -66,7 +69,7 @@ class TrainedModel:
 
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """uint8 HWC image of any size -> uint8 HWC tensor at the model's input size."""
-        return torch.from_numpy(np.ascontiguousarray(self.eval_transform()(image=image)["image"]))
+        return torch.from_numpy(np.ascontiguousarray(self.eval_transform(image=image)["image"]))
 
 
 def _download(client, run_id: str, path: str, dst: Path) -> Path | None:

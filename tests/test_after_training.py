@@ -187,6 +187,8 @@ def test_predict_rejects_missing_input(run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:.*TorchScript archive:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load. is deprecated:FutureWarning")
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
 def test_export_matches_pytorch_and_logs_a_servable_model(
     run, tmp_path, fmt, mlflow_uri, monkeypatch

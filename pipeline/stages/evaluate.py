@@ -67,7 +67,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
         )
     images: ImageSet = getattr(splits, split)
     loader = build_loader(
-        ImageDataset(images, trained.eval_transform(), trained.decode_size),
+        ImageDataset(images, trained.eval_transform, trained.decode_size),
         run_cfg.data.eval_batch_size or 2 * run_cfg.data.batch_size,
         train=False,
         num_workers=run_cfg.data.num_workers,

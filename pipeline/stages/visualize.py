@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from pipeline.config import RunConfig
-from pipeline.data import build_splits, read_rgb
-from pipeline.errors import ConfigError
+from pipeline.data import build_splits
+from pipeline.errors import ConfigError, DataError
 from pipeline.gradcam import (
     GradCAM,
     capture_activations,
@@ -68,7 +68,9 @@ def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
         first_conv(model).weight.detach().float().cpu().numpy(), out_dir / "first_layer_kernels.png"
     )
 
-    image = trained.preprocess(read_rgb(cfg.input)).numpy() if cfg.input else images[0]
+    if cfg.input and not Path(cfg.input).expanduser().is_file():
+        raise DataError(f"input={cfg.input} is not an image file")
+    image = trained.load_image(str(Path(cfg.input).expanduser())) if cfg.input else images[0]
     x = trained.to_input(torch.from_numpy(image)[None])
     acts = capture_activations(model, x, [f"backbone.{name}" for name in layers])
     maps = {}
