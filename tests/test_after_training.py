@@ -262,3 +262,18 @@ def test_lr_find_suggests_a_finite_lr_and_logs_the_plot(run, tmp_path):
     assert math.isfinite(result.suggested_lr) and 1e-5 <= result.suggested_lr <= 1
     assert _png_size(tmp_path / "lr_find.png") == (600, 400)
     assert (tmp_path / "lr_find.csv").read_text().count("\n") == len(result.lrs) + 1
+
+
+def test_gradcam_target_comes_from_timm_feature_info():
+    import timm
+
+    from pipeline.gradcam import GradCAM, feature_layers
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("test_resnet", num_classes=0)
+    assert feature_layers(backbone)[-1] == "layer4"
+    model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 3))
+    cams, probs = GradCAM(model, "0.layer4")(torch.randn(2, 3, 64, 64))
+    assert cams.shape == (2, 64, 64) and float(cams.min()) >= 0
+    assert torch.allclose(cams.flatten(1).max(1).values, torch.ones(2))  # each map peaks at 1
+    assert probs.shape == (2, 3)
