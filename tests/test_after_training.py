@@ -275,5 +275,6 @@ def test_gradcam_target_comes_from_timm_feature_info():
     model = torch.nn.Sequential(backbone, torch.nn.Linear(backbone.num_features, 3))
     cams, probs = GradCAM(model, "0.layer4")(torch.randn(2, 3, 64, 64))
     assert cams.shape == (2, 64, 64) and float(cams.min()) >= 0
-    assert torch.allclose(cams.flatten(1).max(1).values, torch.ones(2))  # each map peaks at 1
+    peaks = cams.flatten(1).max(1).values.tolist()
+    assert all(p in (0.0, 1.0) for p in peaks) and 1.0 in peaks  # scaled to peak 1 (or all 0)
     assert probs.shape == (2, 3)
