@@ -17,15 +17,19 @@ from pipeline.augment import AugmentConfig
 from pipeline.backbone import BackboneConfig
 from pipeline.data import DataConfig
 from pipeline.errors import ConfigError
+from pipeline.evaluate import EvalConfig
 from pipeline.finetune import FinetuneConfig
 from pipeline.head import HeadConfig
+from pipeline.lr_find import LRFindConfig
 from pipeline.optim import OptimConfig
 from pipeline.sched import SchedConfig
 from pipeline.tracking import TrackingConfig
 from pipeline.train import TrainConfig
+from pipeline.visualize import VisualizeConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-STAGES = ("train", "download")
+STAGES = ("train", "download", "evaluate", "predict", "export", "visualize", "lr_find")
+EXPORT_FORMATS = ("onnx", "torchscript")
 
 
 @dataclass
@@ -41,10 +45,20 @@ class RunConfig:
     sched: SchedConfig = field(default_factory=SchedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    # After training: which trained model (a run id, or a local checkpoint) and what to do.
+    run_id: str | None = None
+    checkpoint: str | None = None
+    input: str | None = None  # stage=predict (file or folder), stage=visualize (one image)
+    format: str = "onnx"  # stage=export: onnx | torchscript
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
+    lr_find: LRFindConfig = field(default_factory=LRFindConfig)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r} is not one of: {', '.join(STAGES)}")
+        if self.format not in EXPORT_FORMATS:
+            raise ConfigError(f"format={self.format!r} is not one of: {', '.join(EXPORT_FORMATS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,3 +22,7 @@ class WeightsUnavailableError(PipelineError):
 
 class TrainingError(PipelineError):
     """Training cannot go on (NaN loss, out of memory)."""
+
+
+class ExportError(PipelineError):
+    """An exported model does not reproduce the PyTorch model's outputs."""

@@ -77,3 +77,35 @@ def summarize(targets: np.ndarray, preds: np.ndarray, num_classes: int) -> dict[
     """The headline numbers logged for a split."""
     cm = confusion_matrix(targets, preds, num_classes)
     return {"acc": accuracy(cm), "f1_macro": float(per_class_scores(cm)["f1"].mean())}
+
+
+def topk_accuracy(targets: np.ndarray, probs: np.ndarray, k: int) -> float:
+    """Fraction of samples whose true class is among the k most probable (k capped at C)."""
+    k = min(k, probs.shape[1])
+    topk = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return float((topk == np.asarray(targets)[:, None]).any(axis=1).mean()) if len(probs) else 0.0
+
+
+def calibration_bins(targets: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> dict:
+    """Top-1 confidence split into equal-width bins: mean confidence, accuracy, count per bin."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == np.asarray(targets)).astype(np.float64)
+    # Bin i holds confidences in (i/n, (i+1)/n]; a confidence of exactly 0 joins bin 0.
+    index = np.clip(np.ceil(confidence * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins).astype(np.float64)
+    return {
+        "edges": np.linspace(0.0, 1.0, n_bins + 1),
+        "confidence": _safe_div(np.bincount(index, confidence, n_bins), count),
+        "accuracy": _safe_div(np.bincount(index, correct, n_bins), count),
+        "count": count,
+    }
+
+
+def expected_calibration_error(targets: np.ndarray, probs: np.ndarray, n_bins: int = 15) -> float:
+    """ECE: the count-weighted mean |accuracy - confidence| over confidence bins (0 = calibrated)."""
+    bins = calibration_bins(targets, probs, n_bins)
+    total = bins["count"].sum()
+    if not total:
+        return 0.0
+    gap = np.abs(bins["accuracy"] - bins["confidence"])
+    return float(np.sum(gap * bins["count"]) / total)

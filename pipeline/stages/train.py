@@ -15,6 +15,7 @@ from pipeline.augment import build_eval_transform, build_train_transform
 from pipeline.config import RunConfig
 from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
 from pipeline.data_report import log_data_report
+from pipeline.diagnosis import write_report
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
@@ -208,6 +209,12 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         )
         if result.best_checkpoint:
             run.log_artifact(result.best_checkpoint, "checkpoints")
+        report = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
+        run.log_artifact(
+            write_report(
+                out_dir / "report.md", report, result.history, test_metrics, result.best_epoch
+            )
+        )
 
     summary = "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
     print(
