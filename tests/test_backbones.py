@@ -74,6 +74,7 @@ def _save(state, path):
 
 def test_torchvision_resnet_file_loads(tmp_path):
     tv = torchvision.models.resnet18(weights=None)
+    tv.layer4[1].bn2.running_var.uniform_(0.5, 2.0)  # not the init value timm would have too
     model, _, info = create_backbone(
         BackboneConfig(name="resnet18", weights=_save(tv.state_dict(), tmp_path / "r18.pth"))
     )

@@ -217,6 +217,7 @@ def test_plateau_schedule_carries_its_reductions_over_a_rebuild():
     assert [g["lr"] for g in new_optimizer.param_groups] == pytest.approx([0.2 * 0.25] * 4)
 
 
+@pytest.mark.slow  # a whole 2-epoch run_train with MLflow: ~10 s on 2 busy cores
 def test_linear_then_full_run_logs_the_lower_lr_after_the_head_epochs(
     tiny_cfg, image_folder, mlflow_uri, tmp_path
 ):
