@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.repro import seed_transform
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +278,10 @@ def _seed_worker(worker_id: int) -> None:
     import random
 
     random.seed(seed)
+    # albumentations keeps its own generators, which every worker inherits in the same state:
+    # reseed them too, or all workers draw the same augmentations.
+    info = torch.utils.data.get_worker_info()
+    seed_transform(getattr(info.dataset, "transform", None) if info else None, seed)
 
 
 def build_loader(
@@ -287,13 +292,15 @@ def build_loader(
     num_workers: int | None,
     seed: int,
     pin_memory: bool = False,
+    sampler: Sampler | None = None,  # e.g. a DistributedSampler; replaces shuffling
 ) -> DataLoader:
     workers = default_num_workers() if num_workers is None else num_workers
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train,
+        shuffle=train and sampler is None,
+        sampler=sampler,
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
