@@ -156,6 +156,7 @@ def environment_tags() -> dict[str, str]:
             tags[f"version.{name}"] = metadata.version(name)
         except metadata.PackageNotFoundError:
             tags[f"version.{name}"] = "not installed"
+    tags["version.torch"] = torch.__version__  # with the build, e.g. +cu124 or +cpu
     tags["hw.platform"] = platform.platform()
     tags["hw.cpu"] = _cpu_model()
     tags["hw.cpu_count"] = str(os.cpu_count())

@@ -71,9 +71,13 @@ class Run:
         self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.active:
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LENGTH])
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in tags.items()]
+        for i in range(0, len(items), 100):  # one request per 100 tags, not one per tag
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self.active:
