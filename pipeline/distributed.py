@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
+from pipeline.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -115,6 +117,8 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: 
     if not info.enabled:
         return model
     if sync_bn:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn=true needs CUDA devices (SyncBatchNorm is GPU-only)")
         # Keeps the Parameter objects, so an optimizer built before stays valid.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if hasattr(model, "refresh_frozen"):
