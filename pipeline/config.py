@@ -45,6 +45,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r} is not one of: {', '.join(STAGES)}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

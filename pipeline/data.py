@@ -49,6 +49,10 @@ class DataConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.on_bad_image not in ("skip", "error"):
             raise ConfigError("data.on_bad_image must be 'skip' or 'error'")
 
