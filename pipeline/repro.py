@@ -38,14 +38,15 @@ def seed_everything(seed: int) -> None:
 
 
 def set_deterministic(enabled: bool) -> None:
-    """Deterministic kernels (slower; some ops then raise instead of running non-deterministically)."""
-    if not enabled:
-        return
-    # cuBLAS needs a fixed workspace for reproducible GEMMs; it reads this before its first use.
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+    """Deterministic kernels (slower; an op without a deterministic version then raises).
+
+    Set both ways, so one deterministic run does not leak into the next in the same process."""
+    torch.use_deterministic_algorithms(enabled)
+    torch.backends.cudnn.deterministic = enabled
+    if enabled:
+        # cuBLAS needs a fixed workspace for reproducible GEMMs; read before its first use.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False  # autotuning may pick different kernels
 
 
 # --- albumentations' own generators -------------------------------------------------------
