@@ -132,3 +132,43 @@ def test_helpers_are_noops_in_one_process():
     assert distributed.gather_predictions(0.5, probs, targets)[0] == 0.5
     shard = distributed.StridedShard(5, rank=1, world_size=2)
     assert list(shard) == [1, 3] and len(shard) == 2
+
+
+@pytest.mark.slow  # torchrun + two full pipeline processes (~40 s on a busy 2-core box)
+def test_torchrun_two_ranks_log_one_run_from_rank_zero(image_folder, mlflow_uri, tmp_path):
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(_free_port()), "-m", "pipeline"]
+    command += [
+        "data=folder",
+        f"data.root={image_folder}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "backbone.name=test_efficientnet",
+        "backbone.pretrained=false",
+        "backbone.img_size=32",
+        "train.epochs=1",
+        "train.threads=1",
+        f"tracking.uri={mlflow_uri}",
+        f"tracking.artifact_root={tmp_path / 'artifacts'}",
+        "tracking.experiment=tests",
+        "tracking.run_name=torchrun",
+        f"hydra.run.dir={out}",
+    ]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("run ") == 1  # rank 0 alone prints the summary
+    client = MlflowClient(mlflow_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id],
+        filter_string="tags.mlflow.runName = 'torchrun'",
+    )
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["world_size"] == "2"
+    assert 0 <= runs[0].data.metrics["test/acc"] <= 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
