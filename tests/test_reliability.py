@@ -282,3 +282,20 @@ def test_run_is_tagged_with_code_packages_and_hardware(folder_cfg, mlflow_uri, t
     assert tags["hw.cpu"] and int(tags["hw.cpu_count"]) >= 1
     assert int(tags["hw.gpu_count"]) == torch.cuda.device_count()
     assert tags["checkpoint.dir"].endswith("checkpoints")
+
+
+@pytest.mark.slow  # two short trainings
+def test_resume_by_path_from_an_untracked_run_starts_a_run_with_the_history(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    _interrupt_on_call(monkeypatch, 2, _raise(KeyboardInterrupt()))
+    with pytest.raises(Interrupted) as info:
+        run_train(folder_cfg("tracking.enabled=false"), tmp_path / "a")
+    monkeypatch.undo()
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    assert str(info.value) == f"Ctrl-C: checkpoint {last}; continue with train.resume={last}"
+    resumed = run_train(folder_cfg(f"train.resume={last}"), tmp_path / "b")
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    assert [s for s, _ in _history(client, resumed.run_id, "val/loss")] == [0, 1]
+    assert client.get_run(resumed.run_id).data.params["backbone.name"] == "test_efficientnet"

@@ -202,12 +202,15 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
         sigterm_as_interrupt(),
         start_run(tracking, tags=run_tags, run_id=resume.run_id if resume else None) as run,
     ):
-        if resume is None:
+        if resume is None or resume.run_id is None:  # a new run
             run.log_params({**flatten(cfg.to_dict()), **derived})
             run.log_artifact(config_path)
             run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
-        else:
+        if resume is not None:
             run.set_tags({"resumed_after_epoch": resume.epochs_done})
+            if resume.run_id is None:  # the checkpoint came from an untracked run
+                for epoch, metrics in enumerate(resume.state["history"]):
+                    run.log_metrics(metrics, step=epoch)
         run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
         try:
             result = fit(
