@@ -19,11 +19,12 @@ NAN_POLICIES = ("stop", "skip")
 class LossGuard:
     def __init__(self, policy: str, check_every: int, first_step: int, device: torch.device):
         self.policy = policy
-        self.check_every = check_every
         self.device = device
-        self.step = first_step - 1  # global optimizer step of the current batch
+        self.step = first_step - 1  # global optimizer step of the current batch (0-based)
         self.skipped = 0
-        self.first_bad = torch.full((), -1, dtype=torch.long, device=device)
+        # Finiteness of each step since the last check, written on the device (no sync).
+        self.window = torch.ones(check_every, dtype=torch.bool, device=device)
+        self.pending = 0  # steps recorded in the window since the last check
 
     def bad_step(self, loss: torch.Tensor) -> bool:
         """Call once per batch before backward; True means: skip this batch."""
@@ -34,18 +35,26 @@ class LossGuard:
                 self.skipped += 1
                 return True
             return False
-        self.first_bad = torch.where((self.first_bad < 0) & ~finite, self.step, self.first_bad)
-        if (self.step + 1) % self.check_every == 0:
+        self.window[self.pending] = finite
+        self.pending += 1
+        if self.pending == len(self.window):
             self.check()
         return False
 
     def check(self) -> None:
         """Raise if a non-finite loss was seen since the last check (one host sync)."""
-        if self.policy != "stop":
+        if self.policy != "stop" or not self.pending:
             return
-        bad = int(self.first_bad.item())
-        if distributed.any_rank(bad >= 0, self.device):
-            where = f"at step {bad + 1} (counting from 1)" if bad >= 0 else "on another rank"
+        bad = (~self.window[: self.pending]).nonzero()
+        first_bad = self.step - self.pending + 1 + int(bad[0]) if len(bad) else -1
+        self.window.fill_(True)
+        self.pending = 0
+        if distributed.any_rank(first_bad >= 0, self.device):
+            where = (
+                f"at step {first_bad + 1} (counting from 1)"
+                if first_bad >= 0
+                else "on another rank"
+            )
             raise TrainingError(
                 f"non-finite training loss {where}: "
                 "lower optim.lr, set train.grad_clip, or skip such steps with train.nan_policy=skip"

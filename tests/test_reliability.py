@@ -235,6 +235,12 @@ def test_loss_guard_checks_only_every_n_steps():
     assert not any(guard.bad_step(torch.tensor(v)) for v in losses)  # no sync, no raise yet
     with pytest.raises(TrainingError, match="at step 10 "):  # checked at step 11; 9 was bad
         guard.bad_step(torch.tensor(1.0))
+    # A clean window passes; the epoch end checks a partly filled one.
+    guard = LossGuard("stop", check_every=4, first_step=0, device=torch.device("cpu"))
+    for value in [1.0, 2.0, 3.0, 4.0, 5.0, float("inf")]:
+        guard.bad_step(torch.tensor(value))
+    with pytest.raises(TrainingError, match="at step 6 "):
+        guard.check()
 
 
 def test_cuda_out_of_memory_gives_a_hint_and_fails_the_run(
