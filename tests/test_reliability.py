@@ -249,14 +249,20 @@ def test_cuda_out_of_memory_gives_a_hint_and_fails_the_run(
     def oom(logits):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    _poison_forward(monkeypatch, 1, oom)
+    _poison_forward(monkeypatch, 4, oom)  # first batch of epoch 2
     with pytest.raises(TrainingError) as info:
         run_train(folder_cfg("tracking.run_name=oom"), tmp_path / "out")
     message = str(info.value)
     assert message.startswith("CUDA out of memory at data.batch_size=4: lower data.batch_size")
     assert "gradient accumulation" in message and "\n" not in message
-    run = _run_named(MlflowClient(mlflow_uri), "oom")
+    client = MlflowClient(mlflow_uri)
+    run = _run_named(client, "oom")
     assert run.info.status == "FAILED" and "CUDA out of memory" in run.data.tags["error"]
+    # Epoch 1 is not lost: its metrics are logged and its checkpoint kept and uploaded.
+    assert [s for s, _ in _history(client, run.info.run_id, "val/loss")] == [0]
+    assert load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["epoch"] == 0
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/last.pt" in uploaded
 
 
 def test_crash_marks_failed_with_error_tag_and_keeps_checkpoints(
