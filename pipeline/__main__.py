@@ -13,6 +13,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import distributed
 from pipeline.config import CONF_DIR, run_config_from_dict
 from pipeline.errors import PipelineError
 
@@ -27,8 +28,10 @@ def _run(cfg: DictConfig) -> None:
     except PipelineError as exc:
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None
-    except KeyboardInterrupt:
-        raise SystemExit("interrupted: the MLflow run is marked KILLED") from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the message says how to resume
+        raise SystemExit(f"interrupted: {str(exc) or 'the MLflow run is marked KILLED'}") from None
+    finally:
+        distributed.cleanup()  # leave a torchrun process group cleanly
 
 
 def main() -> None:

@@ -59,6 +59,8 @@ class RunConfig:
             raise ConfigError(f"stage={self.stage!r} is not one of: {', '.join(STAGES)}")
         if self.format not in EXPORT_FORMATS:
             raise ConfigError(f"format={self.format!r} is not one of: {', '.join(EXPORT_FORMATS)}")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range
+            raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.repro import seed_transform
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,10 @@ class DataConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.on_bad_image not in ("skip", "error"):
             raise ConfigError("data.on_bad_image must be 'skip' or 'error'")
 
@@ -365,6 +370,10 @@ def _seed_worker(worker_id: int) -> None:
     import random
 
     random.seed(seed)
+    # albumentations keeps its own generators, which every worker inherits in the same state:
+    # reseed them too, or all workers draw the same augmentations.
+    info = torch.utils.data.get_worker_info()
+    seed_transform(getattr(info.dataset, "transform", None) if info else None, seed)
 
 
 def build_loader(
@@ -376,11 +385,12 @@ def build_loader(
     seed: int,
     pin_memory: bool = False,
     sample_weights: np.ndarray | None = None,
+    sampler: Sampler | None = None,  # e.g. a DistributedSampler; replaces shuffling
 ) -> DataLoader:
-    """`sample_weights` (train only) draws samples with replacement in proportion to them."""
+    """`sample_weights` (train only) draws samples with replacement in proportion to them.
+    A weighted sampler under DDP is not sharded: each rank draws its own weighted sample."""
     workers = default_num_workers() if num_workers is None else num_workers
     generator = torch.Generator().manual_seed(seed)
-    sampler = None
     if train and sample_weights is not None:
         sampler = WeightedRandomSampler(
             torch.as_tensor(sample_weights, dtype=torch.double),

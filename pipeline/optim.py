@@ -36,6 +36,10 @@ class OptimConfig:
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
         self.betas = tuple(self.betas)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:

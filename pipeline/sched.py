@@ -33,6 +33,12 @@ class SchedConfig:
             raise ConfigError(f"sched.gamma must be in (0, 1], got {self.gamma}")
         if self.step_epochs < 1:
             raise ConfigError(f"sched.step_epochs must be >= 1, got {self.step_epochs}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"sched.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.plateau_patience < 0:
+            raise ConfigError(f"sched.plateau_patience must be >= 0, got {self.plateau_patience}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"sched.plateau_factor must be in (0, 1), got {self.plateau_factor}")
 
 
 def lr_factor(cfg: SchedConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

@@ -71,9 +71,13 @@ class Run:
         self.client.log_batch(self.run_id, metrics=batch)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.active:
-            for key, value in tags.items():
-                self.client.set_tag(self.run_id, key, str(value)[:MAX_PARAM_LENGTH])
+        if not self.active:
+            return
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in tags.items()]
+        for i in range(0, len(items), 100):  # one request per 100 tags, not one per tag
+            self.client.log_batch(self.run_id, tags=items[i : i + 100])
 
     def log_artifact(self, path: str | Path, subdir: str | None = None) -> None:
         if self.active:
@@ -97,9 +101,31 @@ def _ensure_sqlite_dir(uri: str) -> None:
         Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+def _reopen_run(client: Any, run_id: str, tags: Mapping[str, str]) -> Run:
+    """Set an ended (KILLED/FAILED) run RUNNING again, so a resumed job logs into it."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline.errors import ConfigError
+
+    try:
+        previous = client.get_run(run_id)
+    except MlflowException as exc:
+        raise ConfigError(f"cannot resume MLflow run {run_id}: not found in the store") from exc
+    client.update_run(run_id, status="RUNNING")
+    if "error" in previous.data.tags:  # the failure being recovered from; a new one re-tags
+        client.delete_tag(run_id, "error")
+    run = Run(client, run_id)
+    run.set_tags(tags)
+    return run
+
+
 @contextmanager
-def start_run(cfg: TrackingConfig, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
-    """Yields a Run; ends it FINISHED, FAILED (error tagged) or KILLED (Ctrl-C / SIGTERM)."""
+def start_run(
+    cfg: TrackingConfig, tags: Mapping[str, str] | None = None, run_id: str | None = None
+) -> Iterator[Run]:
+    """Yields a Run; ends it FINISHED, FAILED (error tagged) or KILLED (Ctrl-C / SIGTERM).
+
+    With `run_id`, reopens that run instead of creating one (resuming an interrupted job)."""
     if not cfg.enabled:
         yield Run()
         return
@@ -107,12 +133,15 @@ def start_run(cfg: TrackingConfig, tags: Mapping[str, str] | None = None) -> Ite
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=cfg.uri)
-    experiment_id = _experiment_id(client, cfg)
     run_tags = {**cfg.tags, **(tags or {})}
-    if cfg.run_name:
-        run_tags["mlflow.runName"] = cfg.run_name
-    mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
-    run = Run(client, mlflow_run.info.run_id)
+    if run_id:
+        run = _reopen_run(client, run_id, run_tags)
+    else:
+        experiment_id = _experiment_id(client, cfg)
+        if cfg.run_name:
+            run_tags["mlflow.runName"] = cfg.run_name
+        mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
+        run = Run(client, mlflow_run.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -22,11 +23,17 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from pipeline import distributed
 from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.errors import ConfigError, TrainingError
+from pipeline.guards import NAN_POLICIES, LossGuard
+from pipeline.repro import load_rng_state, rng_state
 from pipeline.sched import Schedule
 
 log = logging.getLogger(__name__)
+
+
+MONITORS = ("val/loss", "val/acc", "train/loss", "train/acc")  # per-epoch metrics of `fit`
 
 
 @dataclass
@@ -42,7 +49,13 @@ class EarlyStoppingConfig:
         if self.mode not in ("min", "max"):
             raise ConfigError(f"train.early_stopping.mode must be min or max, got {self.mode!r}")
         if self.patience < 0 or self.min_delta < 0:
-            raise ConfigError("train.early_stopping.patience and min_delta must be >= 0")
+            raise ConfigError(
+                f"train.early_stopping.patience and min_delta must be >= 0, got {self.patience} and {self.min_delta}"
+            )
+        if self.monitor not in MONITORS:
+            raise ConfigError(
+                f"train.early_stopping.monitor={self.monitor!r} is not one of: {', '.join(MONITORS)}"
+            )
 
 
 @dataclass
@@ -57,10 +70,28 @@ class TrainConfig:
     threads: int | None = None  # torch CPU threads; None: torch's default
     progress: bool | None = None  # per-batch bar; None: only on a terminal
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    # Reliability and scale-out (README "Reliability", "Scaling out").
+    resume: str | None = None  # MLflow run id or path to a last.pt: continue that run
+    nan_policy: str = "stop"  # stop | skip: what a NaN/inf training loss does
+    log_every: int = 50  # steps between non-finite-loss checks (one host sync each)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn flags
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics synchronised across ranks
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be >= 1, got {self.epochs}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(
+                f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}"
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be > 0 (or null), got {self.grad_clip}")
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f"train.threads must be >= 1 (or null), got {self.threads}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"train.nan_policy must be stop or skip, got {self.nan_policy!r}")
+        if self.log_every < 1:
+            raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):
             raise ConfigError(f"train.amp must be auto, bf16, fp16 or off, got {self.amp!r}")
         if not 0 <= self.label_smoothing < 1:
@@ -178,6 +209,7 @@ def train_one_epoch(
     desc: str = "train",
     batch_transform: Callable | None = None,
     class_weights: torch.Tensor | None = None,
+    first_step: int = 0,
 ) -> dict[str, float]:
     """`batch_transform(x, y) -> (x, targets)` may mix images on the device and return soft
     targets (N, C), e.g. `pipeline.mix.MixBatch`; accuracy is still counted against `y`."""
@@ -186,6 +218,7 @@ def train_one_epoch(
     loss_sum = torch.zeros((), device=batches.device)
     correct = torch.zeros((), device=batches.device, dtype=torch.long)
     seen = 0
+    guard = LossGuard(cfg.nan_policy, cfg.log_every, first_step, batches.device)  # NaN/inf loss
     for images, labels in _progress(loader, desc, progress):
         x, y = batches(images, labels)
         x, targets = batch_transform(x, y) if batch_transform else (x, y)
@@ -194,6 +227,11 @@ def train_one_epoch(
             loss = F.cross_entropy(
                 logits, targets, weight=class_weights, label_smoothing=cfg.label_smoothing
             )
+        # --- non-finite loss: stop (checked every cfg.log_every steps) or skip this batch ---
+        if guard.bad_step(loss):
+            schedule.step_batch()  # the LR schedule follows batches, skipped or not
+            continue
+        # --- end non-finite loss ---
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -211,10 +249,12 @@ def train_one_epoch(
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
+    guard.check()
+    loss_sum, correct, seen = distributed.reduce_sums(loss_sum, correct, seen)  # DDP: all ranks
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise TrainingError(f"training loss is {mean_loss}: lower optim.lr or set train.grad_clip")
-    return {"loss": mean_loss, "acc": correct.item() / max(seen, 1)}
+    return {"loss": mean_loss, "acc": correct.item() / max(seen, 1), "skipped": guard.skipped}
 
 
 @torch.no_grad()
@@ -253,6 +293,30 @@ class FitResult:
     train_seconds: float
 
 
+def training_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    scaler: torch.amp.GradScaler | None,
+    stopper: EarlyStopping,
+    train_loader: DataLoader,
+    epoch: int,
+    history: list[dict[str, float]],
+) -> dict:
+    """Everything needed to continue after `epoch` exactly as if never stopped (last.pt)."""
+    return {
+        "model": distributed.unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "ema": None,  # slot for an EMA of the weights
+        "early_stopping": stopper.state_dict(),
+        "rng": rng_state(train_loader),
+        "epoch": epoch,
+        "history": history,
+    }
+
+
 def fit(
     model: nn.Module,
     train_loader: DataLoader,
@@ -266,11 +330,16 @@ def fit(
     on_epoch_start: Callable[[int], tuple[torch.optim.Optimizer, Schedule] | None] | None = None,
     batch_transform: Callable | None = None,
     class_weights: torch.Tensor | None = None,
+    resume: dict | None = None,
+    checkpoint_extra: dict | None = None,
 ) -> FitResult:
     """Train for up to cfg.epochs; validate each epoch; stop early; restore the best weights.
 
     `on_epoch_start(epoch)` may return a new (optimizer, schedule) pair, e.g. when a
-    fine-tuning strategy unfreezes more of the backbone."""
+    fine-tuning strategy unfreezes more of the backbone. After every epoch
+    `checkpoint_dir/last.pt` holds the full training state (plus `checkpoint_extra`, e.g.
+    the run id); pass it back as `resume` to carry on from there.
+    """
     amp_dtype = resolve_amp(cfg.amp, batches.device)
     scaler = (
         torch.amp.GradScaler("cuda")
@@ -280,13 +349,21 @@ def fit(
     stopper = EarlyStopping(cfg.early_stopping)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     best_path = checkpoint_dir / "best.pt"
+    last_path = checkpoint_dir / "last.pt"
+    main = distributed.is_main()  # only rank 0 writes checkpoints
     history: list[dict[str, float]] = []
+    start_epoch = 0
+    if resume is not None:
+        start_epoch = _restore(resume, model, optimizer, schedule, scaler, stopper, train_loader)
+        history = list(resume["history"])
+        log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
     start = time.perf_counter()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start_epoch, cfg.epochs):
         tic = time.perf_counter()
         rebuilt = on_epoch_start(epoch) if on_epoch_start else None
         if rebuilt:
             optimizer, schedule = rebuilt
+        distributed.set_epoch(train_loader, epoch)
         train = train_one_epoch(
             model,
             train_loader,
@@ -300,8 +377,11 @@ def fit(
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             batch_transform=batch_transform,
             class_weights=class_weights,
+            first_step=epoch * len(train_loader),
         )
-        val_loss, val_probs, val_targets = predict(model, val_loader, batches, amp_dtype)
+        val_loss, val_probs, val_targets = distributed.gather_predictions(
+            *predict(model, val_loader, batches, amp_dtype)
+        )
         metrics = {
             "train/loss": train["loss"],
             "train/acc": train["acc"],
@@ -310,14 +390,21 @@ def fit(
             "lr": max(group["lr"] for group in optimizer.param_groups),
             "epoch_seconds": time.perf_counter() - tic,
         }
+        if cfg.nan_policy == "skip":
+            metrics["train/skipped_steps"] = train["skipped"]
         schedule.step_epoch(val_loss)
         if cfg.early_stopping.monitor not in metrics:
             raise ConfigError(
                 f"train.early_stopping.monitor={cfg.early_stopping.monitor!r} is not one of: {', '.join(metrics)}"
             )
-        if stopper.step(metrics[cfg.early_stopping.monitor], epoch):
+        if stopper.step(metrics[cfg.early_stopping.monitor], epoch) and main:
             save_atomic(
-                {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path
+                {
+                    "model": distributed.unwrap(model).state_dict(),
+                    "epoch": epoch,
+                    "metrics": metrics,
+                },
+                best_path,
             )
         history.append(metrics)
         log.info(
@@ -334,6 +421,13 @@ def fit(
         )
         if on_epoch:
             on_epoch(epoch, metrics)
+        # After the epoch's metrics are logged: an interrupt before this line redoes the epoch
+        # on resume (and re-logs its step) rather than leaving a gap in the metric history.
+        if main:
+            state = training_state(
+                model, optimizer, schedule, scaler, stopper, train_loader, epoch, history
+            )
+            save_atomic({**state, **(checkpoint_extra or {})}, last_path)
         if stopper.should_stop:
             log.info(
                 "early stop: %s did not improve by > %g for %d epochs (best %.4f at epoch %d)",
@@ -344,8 +438,10 @@ def fit(
                 stopper.best_epoch + 1,
             )
             break
-    if cfg.early_stopping.restore_best and best_path.exists():
-        model.load_state_dict(load_checkpoint(best_path)["model"])
+    if cfg.early_stopping.restore_best:
+        if main and best_path.exists():
+            distributed.unwrap(model).load_state_dict(load_checkpoint(best_path)["model"])
+        distributed.broadcast_model(model)  # rank 0 holds the best weights
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,
@@ -354,3 +450,27 @@ def fit(
         best_checkpoint=best_path if best_path.exists() else None,
         train_seconds=time.perf_counter() - start,
     )
+
+
+def _restore(
+    state: dict,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    scaler: torch.amp.GradScaler | None,
+    stopper: EarlyStopping,
+    train_loader: DataLoader,
+) -> int:
+    """Load a `training_state` dict; returns the epoch to start from."""
+    distributed.unwrap(model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    stopper.load_state_dict(state["early_stopping"])
+    load_rng_state(state["rng"], train_loader)
+    if stopper.should_stop:
+        raise TrainingError(
+            f"nothing to resume: the run stopped early after epoch {state['epoch'] + 1}"
+        )
+    return state["epoch"] + 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -11,11 +12,14 @@ from pathlib import Path
 import torch
 import yaml
 
+from pipeline import distributed
 from pipeline.augment import build_eval_transform, build_train_transform
+from pipeline.backbone import check_model_name
 from pipeline.config import RunConfig
 from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
 from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
+from pipeline.errors import TrainingError
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
@@ -23,8 +27,10 @@ from pipeline.mix import build_batch_transform
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
 from pipeline.plots import plot_confusion_matrix, plot_learning_curves
-from pipeline.repro import seed_everything
+from pipeline.repro import environment_tags, seed_everything, seed_transform, set_deterministic
+from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point
 from pipeline.sched import build_schedule
+from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking import Run, flatten, start_run
 from pipeline.train import Batches, FitResult, fit, predict, resolve_amp, resolve_device
 
@@ -72,6 +78,35 @@ def _log_test_report(
     }
 
 
+def _keep_checkpoints(run: Run, checkpoint_dir: Path) -> None:
+    """Upload last.pt/best.pt with an interrupted or failed run, so it can be resumed anywhere."""
+    for name in ("last.pt", "best.pt"):
+        if (checkpoint_dir / name).is_file():
+            try:
+                run.log_artifact(checkpoint_dir / name, "checkpoints")
+            except Exception as exc:  # never hide the original error behind an upload error
+                log.warning("could not upload %s to MLflow: %s", name, exc)
+
+
+def _config_changes(old: dict, new: dict) -> list[str]:
+    old_flat, new_flat = flatten(old), flatten(new)
+    return [
+        key
+        for key in sorted(set(old_flat) | set(new_flat))
+        if old_flat.get(key) != new_flat.get(key) and key != "train.resume"
+    ]
+
+
+def _interrupted_message(exc: KeyboardInterrupt, run: Run, checkpoint_dir: Path) -> str:
+    what = str(exc) or "Ctrl-C"
+    last = checkpoint_dir / "last.pt"
+    if not last.is_file():
+        return f"{what} before the first epoch ended; nothing to resume"
+    target = run.run_id or str(last)
+    status = f"MLflow run {run.run_id} marked KILLED; " if run.run_id else ""
+    return f"{what}: {status}checkpoint {last}; continue with train.resume={target}"
+
+
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
     """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds."""
     if cfg.data.kfold and splits is None:
@@ -80,10 +115,26 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         return run_kfold(cfg, out_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_model_name(cfg.backbone.name)  # a typo fails here, before any data is read
+    dist_info = distributed.init_distributed(cfg.train.device)
+    main = dist_info.is_main
+    if not main:
+        logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
+    resume: ResumePoint | None = None
+    if cfg.train.resume:
+        resume = find_resume_point(cfg.train.resume, cfg.tracking, out_dir / "resume")
+        changed = _config_changes(resume.state.get("config", {}), cfg.to_dict())
+        if changed and resume.state.get("config"):
+            log.warning("resuming with a changed config: %s", ", ".join(changed))
+        if resume.epochs_done >= cfg.train.epochs:
+            raise TrainingError(
+                f"train.resume: the run already did {resume.epochs_done} of train.epochs={cfg.train.epochs}"
+            )
     seed_everything(cfg.seed)
+    set_deterministic(cfg.train.deterministic)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
+    device = distributed.device_for(dist_info, resolve_device(cfg.train.device))
 
     # Everything that can fail on bad input happens before the MLflow run starts.
     if splits is None:
@@ -95,38 +146,33 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     num_classes = len(splits.class_names)
     crop_pct = cfg.augment.crop_pct or spec.crop_pct
     train_tf = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
+    seed_transform(train_tf, cfg.seed + dist_info.rank)  # albumentations has its own RNG
     eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
     decode = round(spec.img_size / crop_pct)
     pin = device.type == "cuda"
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    datasets = {
+        "train": ImageDataset(splits.train, train_tf, decode),
+        "val": ImageDataset(splits.val, eval_tf, decode),
+        "test": ImageDataset(splits.test, eval_tf, decode),
+    }
     loaders = {
-        "train": build_loader(
-            ImageDataset(splits.train, train_tf, decode),
-            cfg.data.batch_size,
-            train=True,
+        name: build_loader(
+            dataset,
+            cfg.data.batch_size if name == "train" else eval_bs,
+            train=name == "train",
             num_workers=cfg.data.num_workers,
-            seed=cfg.seed,
+            seed=cfg.seed + dist_info.rank,
             pin_memory=pin,
             sample_weights=balanced_sample_weights(splits.train.labels, num_classes)
-            if cfg.data.sampler == "weighted"
+            if name == "train" and cfg.data.sampler == "weighted"
             else None,
-        ),
-        "val": build_loader(
-            ImageDataset(splits.val, eval_tf, decode),
-            eval_bs,
-            train=False,
-            num_workers=cfg.data.num_workers,
-            seed=cfg.seed,
-            pin_memory=pin,
-        ),
-        "test": build_loader(
-            ImageDataset(splits.test, eval_tf, decode),
-            eval_bs,
-            train=False,
-            num_workers=cfg.data.num_workers,
-            seed=cfg.seed,
-            pin_memory=pin,
-        ),
+            # Under torchrun each rank sees its shard (None: one process sees everything).
+            sampler=distributed.shard_sampler(
+                dataset, dist_info, train=name == "train", seed=cfg.seed
+            ),
+        )
+        for name, dataset in datasets.items()
     }
 
     channels_last = (
@@ -149,6 +195,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     if cfg.train.class_weights == "auto":
         inverse = inverse_frequency_weights(splits.train.labels, num_classes)
         class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
+    train_model = distributed.wrap_model(model, dist_info, device, cfg.train.sync_bn)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     derived = {
@@ -164,6 +211,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         "params.trainable": trainable,
         "device": str(device),
         "amp": str(resolve_amp(cfg.train.amp, device)).removeprefix("torch."),
+        "world_size": dist_info.world_size,
         **{f"data.n_{name}": n for name, n in splits.sizes().items()},
         "data.n_skipped": len(splits.skipped),
     }
@@ -172,33 +220,64 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
     )
 
-    with start_run(cfg.tracking, tags={"stage": "train", "backbone": cfg.backbone.name}) as run:
-        run.log_params({**flatten(cfg.to_dict()), **derived})
-        run.log_artifact(config_path)
-        run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
-        log_data_report(run, splits, out_dir)
-        result = fit(
-            model,
-            loaders["train"],
-            loaders["val"],
-            optimizer,
-            schedule,
-            cfg.train,
-            batches,
-            checkpoint_dir=out_dir / "checkpoints",
-            on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-            on_epoch_start=rebuild_on_change(model, cfg.finetune, cfg.optim, optimizer, schedule),
-            batch_transform=batch_transform,
-            class_weights=class_weights,
-        )
-        # The test split is touched exactly once, after model selection is over.
-        test_loss, probs, targets = predict(
-            model, loaders["test"], batches, resolve_amp(cfg.train.amp, device)
-        )
+    checkpoint_dir = resume.checkpoint_dir if resume else out_dir / "checkpoints"
+    tracking = cfg.tracking if main else dataclasses.replace(cfg.tracking, enabled=False)
+    run_tags = {"stage": "train", "backbone": cfg.backbone.name}
+    with (
+        sigterm_as_interrupt(),
+        start_run(tracking, tags=run_tags, run_id=resume.run_id if resume else None) as run,
+    ):
+        if resume is None or resume.run_id is None:  # a new run
+            run.log_params({**flatten(cfg.to_dict()), **derived})
+            run.log_artifact(config_path)
+            run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
+            log_data_report(run, splits, out_dir)
+        if resume is not None:
+            run.set_tags({"resumed_after_epoch": resume.epochs_done})
+            if resume.run_id is None:  # the checkpoint came from an untracked run
+                for epoch, metrics in enumerate(resume.state["history"]):
+                    run.log_metrics(metrics, step=epoch)
+        run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
+        try:
+            result = fit(
+                train_model,
+                loaders["train"],
+                loaders["val"],
+                optimizer,
+                schedule,
+                cfg.train,
+                batches,
+                checkpoint_dir=checkpoint_dir,
+                on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+                resume=resume.state if resume else None,
+                checkpoint_extra={"run_id": run.run_id, "config": cfg.to_dict()},
+                on_epoch_start=rebuild_on_change(
+                    model, cfg.finetune, cfg.optim, optimizer, schedule
+                ),
+                batch_transform=batch_transform,
+                class_weights=class_weights,
+            )
+            # The test split is touched exactly once, after model selection is over.
+            test_loss, probs, targets = distributed.gather_predictions(
+                *predict(model, loaders["test"], batches, resolve_amp(cfg.train.amp, device))
+            )
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
+            _keep_checkpoints(run, checkpoint_dir)
+            raise Interrupted(_interrupted_message(exc, run, checkpoint_dir)) from None
+        except torch.cuda.OutOfMemoryError as exc:
+            _keep_checkpoints(run, checkpoint_dir)
+            raise TrainingError(
+                f"CUDA out of memory at data.batch_size={cfg.data.batch_size}: lower "
+                "data.batch_size (use gradient accumulation to keep the effective batch size)"
+            ) from exc
+        except Exception:
+            _keep_checkpoints(run, checkpoint_dir)
+            raise
         test_metrics = {"test/loss": test_loss}
-        test_metrics |= _log_test_report(
-            run, out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
-        )
+        if main:
+            test_metrics |= _log_test_report(
+                run, out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
+            )
         run.log_metrics(
             {
                 **test_metrics,
@@ -209,16 +288,18 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         )
         if result.best_checkpoint:
             run.log_artifact(result.best_checkpoint, "checkpoints")
-        report = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
-        run.log_artifact(
-            write_report(
-                out_dir / "report.md", report, result.history, test_metrics, result.best_epoch
+        if main:
+            title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
+            run.log_artifact(
+                write_report(
+                    out_dir / "report.md", title, result.history, test_metrics, result.best_epoch
+                )
             )
-        )
 
     summary = "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
-    print(
-        f"run {run.run_id or '(tracking off)'}: {summary}  (best epoch {result.best_epoch + 1}, "
-        f"{result.train_seconds:.0f}s)"
-    )
+    if main:
+        print(
+            f"run {run.run_id or '(tracking off)'}: {summary}  (best epoch {result.best_epoch + 1}, "
+            f"{result.train_seconds:.0f}s)"
+        )
     return TrainResult(run.run_id, test_metrics, result, out_dir)

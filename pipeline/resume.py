@@ -1,0 +1,70 @@
+"""`train.resume=<run id | path>`: find the checkpoint an interrupted run left behind.
+
+A run id is looked up in MLflow: the run's `checkpoint.dir` tag names the folder its
+last.pt was written to; when that folder is gone (another machine, a wiped scratch disk),
+the copies uploaded to the run's artifacts when it was interrupted or failed are used.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import ConfigError
+from pipeline.tracking import TrackingConfig
+
+CHECKPOINT_DIR_TAG = "checkpoint.dir"
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass
+class ResumePoint:
+    state: dict  # the last.pt payload (see pipeline.train.training_state)
+    checkpoint_dir: Path  # where last.pt and best.pt live, and keep being written
+    run_id: str | None  # the MLflow run to continue; None: the old run was not tracked
+
+    @property
+    def epochs_done(self) -> int:
+        return int(self.state["epoch"]) + 1
+
+
+def _load(checkpoint_dir: Path, run_id: str | None) -> ResumePoint:
+    state = load_checkpoint(checkpoint_dir / "last.pt")
+    return ResumePoint(state, checkpoint_dir, run_id or state.get("run_id"))
+
+
+def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) -> ResumePoint:
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "last.pt"
+    if path.is_file():
+        return _load(path.resolve().parent, None)
+    if not RUN_ID.fullmatch(spec):
+        raise ConfigError(f"train.resume={spec}: no such checkpoint file, and not an MLflow run id")
+    if not tracking.enabled:
+        raise ConfigError(
+            "train.resume=<run id> needs tracking.enabled=true; or pass the path to last.pt"
+        )
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking.uri)
+    try:
+        run = client.get_run(spec)
+    except MlflowException as exc:
+        raise ConfigError(f"train.resume={spec}: no such run in {tracking.uri}") from exc
+    local = run.data.tags.get(CHECKPOINT_DIR_TAG)
+    if local and (Path(local) / "last.pt").is_file():
+        return _load(Path(local), spec)
+    try:
+        downloaded = Path(client.download_artifacts(spec, "checkpoints", str(scratch_dir)))
+    except (MlflowException, OSError):
+        downloaded = scratch_dir / "checkpoints"
+    if not (downloaded / "last.pt").is_file():
+        raise ConfigError(
+            f"train.resume={spec}: no checkpoint found (not in {local or 'an unrecorded folder'}, "
+            "nor in the run's artifacts under checkpoints/); did the run finish an epoch?"
+        )
+    return _load(downloaded, spec)

@@ -1,0 +1,313 @@
+"""Interruptions and bad states: each failure is provoked, and the message, the MLflow status
+and the surviving checkpoint are checked."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from pipeline.checkpoint import load_checkpoint
+from pipeline.errors import TrainingError
+from pipeline.guards import LossGuard
+from pipeline.signals import Interrupted, sigterm_as_interrupt
+from pipeline.stages import run_train
+
+EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
+
+
+@pytest.fixture
+def folder_cfg(tiny_cfg, image_folder):
+    """24 tiny images, 4 per batch: 3 steps an epoch, augmentation and dropout on, so every
+    random state (loader shuffle, albumentations, torch) matters for an exact resume."""
+
+    def make(*extra):
+        return tiny_cfg(
+            "data=folder",
+            f"data.root={image_folder}",
+            "data.batch_size=4",
+            "data.num_workers=0",
+            "head.dropout=0.3",
+            "train.epochs=2",
+            "train.early_stopping.patience=10",
+            *extra,
+        )
+
+    return make
+
+
+def _interrupt_on_call(monkeypatch, call: int, action):
+    """Run `action` instead of the `call`-th epoch of training (1-based)."""
+    import pipeline.train
+
+    real = pipeline.train.train_one_epoch
+    calls = {"n": 0}
+
+    def patched(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.train, "train_one_epoch", patched)
+
+
+def _raise(exc):
+    def action():
+        raise exc
+
+    return action
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+@pytest.mark.slow  # three short trainings
+def test_resume_after_interrupt_equals_an_uninterrupted_run(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    client = MlflowClient(mlflow_uri)
+    full = run_train(folder_cfg("tracking.run_name=uninterrupted"), tmp_path / "full")
+
+    _interrupt_on_call(monkeypatch, 2, _raise(KeyboardInterrupt()))
+    with pytest.raises(Interrupted) as info:
+        run_train(folder_cfg("tracking.run_name=interrupted"), tmp_path / "cut")
+    monkeypatch.undo()
+    run_id = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id],
+        filter_string="tags.mlflow.runName = 'interrupted'",
+    )[0].info.run_id
+    assert client.get_run(run_id).info.status == "KILLED"
+    message = str(info.value)
+    assert f"train.resume={run_id}" in message and "\n" not in message
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 0  # epoch 1 was kept, epoch 2 was cut short
+    assert set(load_checkpoint(last)) >= {
+        "model", "optimizer", "schedule", "scaler", "ema", "early_stopping", "rng", "epoch"
+    }  # fmt: skip
+
+    resumed = run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "resumed")
+    assert resumed.run_id == run_id  # the same MLflow run, continued
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_after_epoch"] == "1"
+    assert resumed.test_metrics == full.test_metrics  # exact on CPU
+    for key in EPOCH_KEYS:  # metrics continue at the next step, equal to the uninterrupted run
+        assert _history(client, run_id, key) == _history(client, full.run_id, key), key
+    expected = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    got = load_checkpoint(last)["model"]  # the resumed run kept writing the same folder
+    for name, value in expected.items():
+        assert torch.equal(value, got[name]), name
+
+
+@pytest.mark.slow  # two short trainings
+def test_sigterm_marks_killed_keeps_checkpoint_and_resumes_from_artifacts(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    client = MlflowClient(mlflow_uri)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    _interrupt_on_call(monkeypatch, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Interrupted, match=r"^SIGTERM: MLflow run \w+ marked KILLED") as info:
+        run_train(folder_cfg("tracking.run_name=sigterm"), tmp_path / "a")
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # handler restored
+    run_id = str(info.value).split()[3]
+    assert client.get_run(run_id).info.status == "KILLED"
+    uploaded = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    assert {"checkpoints/last.pt", "checkpoints/best.pt"} <= uploaded
+
+    # The local folder is gone (another machine): resume from the run's artifacts.
+    for name in ("last.pt", "best.pt"):
+        (tmp_path / "a" / "checkpoints" / name).unlink()
+    resumed = run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "b")
+    assert resumed.run_id == run_id
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert [s for s, _ in _history(client, run_id, "val/loss")] == [0, 1]
+
+
+def test_sigterm_handler_raises_in_block_and_is_restored():
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"), sigterm_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler runs at the next bytecode; never gets here
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.slow
+def test_cli_sigterm_exits_nonzero_with_one_line(image_folder, mlflow_uri, tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import pipeline.train
+        real, calls = pipeline.train.train_one_epoch, []
+        def patched(*a, **k):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return real(*a, **k)
+        pipeline.train.train_one_epoch = patched
+        sys.argv = ["pipeline", "data=folder", "data.root={image_folder}", "data.batch_size=4",
+            "data.num_workers=0", "backbone.name=test_efficientnet", "backbone.pretrained=false",
+            "backbone.img_size=32", "train.epochs=2", "tracking.uri={mlflow_uri}",
+            "tracking.artifact_root={tmp_path / "artifacts"}", "tracking.experiment=tests",
+            "tracking.run_name=cli-sigterm", "hydra.run.dir={tmp_path / "out"}"]
+        from pipeline.__main__ import main
+        main()
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: SIGTERM: MLflow run ") and "train.resume=" in last
+    assert "Traceback" not in proc.stderr
+    client = MlflowClient(mlflow_uri)
+    run = client.search_runs(
+        [client.get_experiment_by_name("tests").experiment_id],
+        filter_string="tags.mlflow.runName = 'cli-sigterm'",
+    )[0]
+    assert run.info.status == "KILLED"
+
+
+def _poison_forward(monkeypatch, at_step: int, make_output):
+    """Classifier.forward returns `make_output(logits)` on the `at_step`-th training batch."""
+    from pipeline.model import Classifier
+
+    real = Classifier.forward
+    steps = {"n": 0}
+
+    def forward(self, x):
+        logits = real(self, x)
+        if self.training:
+            steps["n"] += 1
+            if steps["n"] == at_step:
+                return make_output(logits)
+        return logits
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+
+
+def _run_named(client, name):
+    experiment = client.get_experiment_by_name("tests").experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.runName = '{name}'")[0]
+
+
+def test_nan_loss_stops_with_step_number_and_keeps_last_good_checkpoint(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    _poison_forward(monkeypatch, 5, lambda logits: logits * float("nan"))  # epoch 2, batch 2
+    with pytest.raises(TrainingError, match=r"non-finite training loss at step 5 ") as info:
+        run_train(folder_cfg("tracking.run_name=nan-stop"), tmp_path / "out")
+    assert "train.nan_policy=skip" in str(info.value)
+    client = MlflowClient(mlflow_uri)
+    run = _run_named(client, "nan-stop")
+    assert run.info.status == "FAILED" and "at step 5" in run.data.tags["error"]
+    state = load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")
+    assert state["epoch"] == 0
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert "checkpoints/last.pt" in {
+        a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")
+    }
+
+
+def test_nan_policy_skip_drops_the_step_and_finishes(folder_cfg, mlflow_uri, tmp_path, monkeypatch):
+    _poison_forward(monkeypatch, 2, lambda logits: logits * float("inf"))
+    result = run_train(
+        folder_cfg("train.nan_policy=skip", "train.epochs=1", "tracking.run_name=nan-skip"),
+        tmp_path / "out",
+    )
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert _history(client, result.run_id, "train/skipped_steps") == [(0, 1.0)]
+    assert torch.isfinite(torch.tensor(result.test_metrics["test/loss"]))
+
+
+def test_loss_guard_checks_only_every_n_steps():
+    guard = LossGuard("stop", check_every=4, first_step=8, device=torch.device("cpu"))
+    losses = [1.0, float("nan"), 1.0]  # global steps 8, 9, 10 (0-based)
+    assert not any(guard.bad_step(torch.tensor(v)) for v in losses)  # no sync, no raise yet
+    with pytest.raises(TrainingError, match="at step 10 "):  # checked at step 11; 9 was bad
+        guard.bad_step(torch.tensor(1.0))
+    # A clean window passes; the epoch end checks a partly filled one.
+    guard = LossGuard("stop", check_every=4, first_step=0, device=torch.device("cpu"))
+    for value in [1.0, 2.0, 3.0, 4.0, 5.0, float("inf")]:
+        guard.bad_step(torch.tensor(value))
+    with pytest.raises(TrainingError, match="at step 6 "):
+        guard.check()
+
+
+def test_cuda_out_of_memory_gives_a_hint_and_fails_the_run(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    def oom(logits):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    _poison_forward(monkeypatch, 4, oom)  # first batch of epoch 2
+    with pytest.raises(TrainingError) as info:
+        run_train(folder_cfg("tracking.run_name=oom"), tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("CUDA out of memory at data.batch_size=4: lower data.batch_size")
+    assert "gradient accumulation" in message and "\n" not in message
+    client = MlflowClient(mlflow_uri)
+    run = _run_named(client, "oom")
+    assert run.info.status == "FAILED" and "CUDA out of memory" in run.data.tags["error"]
+    # Epoch 1 is not lost: its metrics are logged and its checkpoint kept and uploaded.
+    assert [s for s, _ in _history(client, run.info.run_id, "val/loss")] == [0]
+    assert load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["epoch"] == 0
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert "checkpoints/last.pt" in uploaded
+
+
+def test_crash_marks_failed_with_error_tag_and_keeps_checkpoints(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    def crash(logits):
+        raise RuntimeError("disk on fire")
+
+    _poison_forward(monkeypatch, 4, crash)  # first batch of epoch 2
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run_train(folder_cfg("tracking.run_name=crash"), tmp_path / "out")
+    client = MlflowClient(mlflow_uri)
+    run = _run_named(client, "crash")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["error"] == "RuntimeError: disk on fire"
+    assert load_checkpoint(tmp_path / "out" / "checkpoints" / "last.pt")["epoch"] == 0
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert {"checkpoints/last.pt", "checkpoints/best.pt"} <= uploaded
+    assert [s for s, _ in _history(client, run.info.run_id, "val/loss")] == [0]
+
+
+def test_run_is_tagged_with_code_packages_and_hardware(folder_cfg, mlflow_uri, tmp_path):
+    result = run_train(folder_cfg("train.epochs=1"), tmp_path / "out")
+    tags = MlflowClient(mlflow_uri).get_run(result.run_id).data.tags
+    assert tags["version.torch"] == torch.__version__
+    for key in ("version.timm", "version.albumentations", "version.mlflow", "version.hydra-core"):
+        assert tags[key][0].isdigit(), key
+    assert len(tags["git.commit"].removesuffix("-dirty")) in (40, len("unknown"))
+    assert tags["hw.cpu"] and int(tags["hw.cpu_count"]) >= 1
+    assert int(tags["hw.gpu_count"]) == torch.cuda.device_count()
+    assert tags["checkpoint.dir"].endswith("checkpoints")
+
+
+@pytest.mark.slow  # two short trainings
+def test_resume_by_path_from_an_untracked_run_starts_a_run_with_the_history(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    _interrupt_on_call(monkeypatch, 2, _raise(KeyboardInterrupt()))
+    with pytest.raises(Interrupted) as info:
+        run_train(folder_cfg("tracking.enabled=false"), tmp_path / "a")
+    monkeypatch.undo()
+    last = tmp_path / "a" / "checkpoints" / "last.pt"
+    assert str(info.value) == f"Ctrl-C: checkpoint {last}; continue with train.resume={last}"
+    resumed = run_train(folder_cfg(f"train.resume={last}"), tmp_path / "b")
+    client = MlflowClient(mlflow_uri)
+    assert client.get_run(resumed.run_id).info.status == "FINISHED"
+    assert [s for s, _ in _history(client, resumed.run_id, "val/loss")] == [0, 1]
+    assert client.get_run(resumed.run_id).data.params["backbone.name"] == "test_efficientnet"

@@ -1,0 +1,89 @@
+"""A run logged to an MLflow tracking server (HTTP), as a team would share one.
+
+The server is a real `mlflow server` on 127.0.0.1 with a SQLite backend and proxied
+artifacts in a temp folder; it is always stopped, even when the test fails.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.stages import run_train
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tracking_server(tmp_path):
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed in teardown)
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    command += ["--artifacts-destination", str(tmp_path / "server-artifacts")]
+    proc = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: teardown stops its workers too
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url, tmp_path / "server-artifacts"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.mark.slow  # starting a tracking server takes ~10 s
+def test_run_metrics_and_artifacts_arrive_at_a_tracking_server(
+    tracking_server, image_folder, tiny_cfg, tmp_path
+):
+    url, artifact_store = tracking_server
+    cfg = tiny_cfg(
+        "data=folder",
+        f"data.root={image_folder}",
+        "data.batch_size=4",
+        f"tracking.uri={url}",
+        "tracking.experiment=team",
+    )
+    result = run_train(cfg, tmp_path / "out")
+    client = MlflowClient(url)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test/acc"] == pytest.approx(result.test_metrics["test/acc"])
+    assert [m.step for m in client.get_metric_history(result.run_id, "val/loss")] == [0]
+    assert run.data.params["backbone.name"] == "test_efficientnet"
+    # Artifacts went through the server into its artifact store, not to a local folder.
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:")
+    names = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"config.yaml", "confusion_matrix.png", "checkpoints"} <= names
+    stored = {p.name for p in artifact_store.rglob("*") if p.is_file()}
+    assert {"config.yaml", "best.pt", "splits.csv"} <= stored

@@ -1,0 +1,58 @@
+"""Invalid config values fail before any work, with one line that names the key."""
+
+import pytest
+
+from pipeline.config import compose
+from pipeline.errors import ConfigError
+from pipeline.stages import run_train
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),
+        ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
+        ("optim.betas=[0.9,1.2]", "optim.betas must be two values in [0, 1)"),
+        ("train.early_stopping.patience=-1", "patience and min_delta must be >= 0, got -1"),
+        ("train.early_stopping.monitor=val/f2", "monitor='val/f2' is not one of: val/loss"),
+        ("data.val_fraction=0.8", "must leave images to train on"),  # + test 0.2: no train
+        ("data.test_fraction=1.0", "must be in [0, 1)"),
+        ("data.eval_batch_size=0", "data.eval_batch_size must be >= 1"),
+        ("data.num_workers=-1", "data.num_workers must be >= 0"),
+        ("sched.min_lr_ratio=2", "sched.min_lr_ratio must be in [0, 1]"),
+        ("sched.plateau_factor=1.5", "sched.plateau_factor must be in (0, 1)"),
+        ("train.nan_policy=ignore", "train.nan_policy must be stop or skip"),
+        ("train.log_every=0", "train.log_every must be >= 1"),
+        ("train.grad_clip=0", "train.grad_clip must be > 0"),
+        ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
+        ("seed=-1", "seed must be in [0, 2**32)"),
+    ],
+)
+def test_bad_value_fails_in_the_config_with_one_line(override, message):
+    with pytest.raises(ConfigError) as info:
+        compose([override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_backbone_fails_before_reading_data_and_suggests_names(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the backbone name was checked")
+
+    monkeypatch.setattr("pipeline.stages.train.build_splits", no_data)
+    with pytest.raises(ConfigError) as info:
+        run_train(tiny_cfg("backbone.name=resnet5O"), tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("unknown backbone 'resnet5O'; did you mean ")
+    assert "resnet50" in message and "\n" not in message
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_resume_from_nothing_fails_before_any_work(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.stages.train.build_splits", lambda *a, **k: 1 / 0)
+    with pytest.raises(ConfigError, match=r"train.resume=/no/such/last.pt: no such checkpoint"):
+        run_train(tiny_cfg("train.resume=/no/such/last.pt"), tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"train.resume=0{32}: no such run in sqlite"):
+        run_train(tiny_cfg(f"train.resume={'0' * 32}"), tmp_path / "out")
