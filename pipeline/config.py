@@ -17,6 +17,7 @@ from pipeline.augment import AugmentConfig
 from pipeline.backbone import BackboneConfig
 from pipeline.data import DataConfig
 from pipeline.errors import ConfigError
+from pipeline.features import check_cache_features
 from pipeline.finetune import FinetuneConfig
 from pipeline.head import HeadConfig
 from pipeline.optim import OptimConfig
@@ -45,6 +46,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r} is not one of: {', '.join(STAGES)}")
+        check_cache_features(self.train.cache_features, self.finetune.strategy, self.augment.preset)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.checkpoint import load_checkpoint, save_atomic
+from pipeline.ema import ModelEma
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.sched import Schedule
 
@@ -55,6 +56,11 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm
     threads: int | None = None  # torch CPU threads; None: torch's default
     progress: bool | None = None  # per-batch bar; None: only on a terminal
+    # Speed and averaging (see benchmarks/README.md for what each buys).
+    compile: bool = False  # torch.compile the model (slow first epoch, faster after on GPU)
+    accumulate_steps: int = 1  # micro-batches summed into one optimizer step
+    ema_decay: float | None = None  # e.g. 0.999: validate/test/keep an EMA of the weights
+    cache_features: bool = False  # finetune=frozen + augment=none: run the backbone once
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
 
     def __post_init__(self) -> None:
@@ -66,6 +72,10 @@ class TrainConfig:
             raise ConfigError(
                 f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}"
             )
+        if self.accumulate_steps < 1:
+            raise ConfigError(f"train.accumulate_steps must be >= 1, got {self.accumulate_steps}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
 
 # --- device and precision --------------------------------------------------------------
@@ -160,6 +170,30 @@ def _progress(loader: DataLoader, desc: str, enabled: bool):
     )
 
 
+def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate_steps: int) -> int:
+    """What the LR schedule counts: a last, shorter accumulation group still steps."""
+    return max(1, math.ceil(batches_per_epoch / accumulate_steps))
+
+
+def _optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
+    if scaler is not None:
+        if grad_clip:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -171,31 +205,30 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None,
     progress: bool,
     desc: str = "train",
+    ema: ModelEma | None = None,
 ) -> dict[str, float]:
     model.train()
     # Sums stay on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=batches.device)
     correct = torch.zeros((), device=batches.device, dtype=torch.long)
     seen = 0
-    for images, labels in _progress(loader, desc, progress):
+    accumulate, n_batches = cfg.accumulate_steps, len(loader)
+    optimizer.zero_grad(set_to_none=True)
+    for i, (images, labels) in enumerate(_progress(loader, desc, progress)):
         x, y = batches(images, labels)
         with autocast(batches.device, amp_dtype):
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-        schedule.step_batch()
+        # Gradient accumulation: each micro-batch adds loss / (micro-batches in its group),
+        # so one optimizer step sees the group's mean loss, as one big batch would.
+        group_end = min(i - i % accumulate + accumulate, n_batches)
+        micro = loss / (group_end - (i - i % accumulate)) if accumulate > 1 else loss
+        (scaler.scale(micro) if scaler is not None else micro).backward()
+        if i + 1 == group_end:
+            _optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+            schedule.step_batch()
+            if ema is not None:
+                ema.update()
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
@@ -259,6 +292,14 @@ def fit(
         if amp_dtype == torch.float16 and batches.device.type == "cuda"
         else None
     )
+    # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size;
+    # the EMA copy is taken before compiling, and it is what validation and checkpoints see.
+    if batches.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay else None
+    if cfg.compile:
+        model.compile()
+    eval_model = ema.module if ema is not None else model
     stopper = EarlyStopping(cfg.early_stopping)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     best_path = checkpoint_dir / "best.pt"
@@ -277,8 +318,9 @@ def fit(
             scaler,
             progress,
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            ema=ema,
         )
-        val_loss, val_probs, val_targets = predict(model, val_loader, batches, amp_dtype)
+        val_loss, val_probs, val_targets = predict(eval_model, val_loader, batches, amp_dtype)
         metrics = {
             "train/loss": train["loss"],
             "train/acc": train["acc"],
@@ -294,7 +336,7 @@ def fit(
             )
         if stopper.step(metrics[cfg.early_stopping.monitor], epoch):
             save_atomic(
-                {"model": model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path
+                {"model": eval_model.state_dict(), "epoch": epoch, "metrics": metrics}, best_path
             )
         history.append(metrics)
         log.info(
@@ -323,6 +365,8 @@ def fit(
             break
     if cfg.early_stopping.restore_best and best_path.exists():
         model.load_state_dict(load_checkpoint(best_path)["model"])
+    elif ema is not None:
+        model.load_state_dict(ema.module.state_dict())  # end with the weights that were validated
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,

@@ -14,6 +14,7 @@ import yaml
 from pipeline.augment import build_eval_transform, build_train_transform
 from pipeline.config import RunConfig
 from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
+from pipeline.features import cached_feature_loaders
 from pipeline.finetune import apply_finetune
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
 from pipeline.model import build_model
@@ -22,7 +23,15 @@ from pipeline.plots import plot_confusion_matrix, plot_learning_curves
 from pipeline.repro import seed_everything
 from pipeline.sched import build_schedule
 from pipeline.tracking import Run, flatten, start_run
-from pipeline.train import Batches, FitResult, fit, predict, resolve_amp, resolve_device
+from pipeline.train import (
+    Batches,
+    FitResult,
+    fit,
+    optimizer_steps_per_epoch,
+    predict,
+    resolve_amp,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +132,8 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
     )
     batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    schedule = build_schedule(optimizer, cfg.sched, cfg.train.epochs, len(loaders["train"]))
+    steps_per_epoch = optimizer_steps_per_epoch(len(loaders["train"]), cfg.train.accumulate_steps)
+    schedule = build_schedule(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch)
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     derived = {
@@ -151,14 +161,29 @@ def run_train(cfg: RunConfig, out_dir: Path) -> TrainResult:
         run.log_params({**flatten(cfg.to_dict()), **derived})
         run.log_artifact(config_path)
         run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
-        result = fit(
+        fit_model, fit_batches, train_loader, val_loader = (
             model,
+            batches,
             loaders["train"],
             loaders["val"],
+        )
+        if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
+            fit_model, train_loader, val_loader, fit_batches = cached_feature_loaders(
+                model,
+                train_loader,
+                val_loader,
+                batches,
+                resolve_amp(cfg.train.amp, device),
+                cfg.seed,
+            )
+        result = fit(
+            fit_model,
+            train_loader,
+            val_loader,
             optimizer,
             schedule,
             cfg.train,
-            batches,
+            fit_batches,
             checkpoint_dir=out_dir / "checkpoints",
             on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
         )
