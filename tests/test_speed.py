@@ -169,8 +169,18 @@ def test_cache_features_needs_frozen_backbone_without_augmentation():
         compose(["train.cache_features=true", "finetune=frozen", "augment=light"])
 
 
-def test_cached_features_train_the_same_head_as_images(tiny_cfg, mlflow_uri, tmp_path):
-    common = ("finetune=frozen", "augment=none", "train.epochs=2", "optim.lr=1e-2")
+def test_cached_features_train_the_same_head_as_images(
+    tiny_cfg, mlflow_uri, tmp_path, image_folder
+):
+    common = (
+        "data=folder",
+        f"data.root={image_folder}",
+        "data.batch_size=4",  # several shuffled batches per epoch
+        "finetune=frozen",
+        "augment=none",
+        "train.epochs=2",
+        "optim.lr=1e-2",
+    )
     uncached = run_train(tiny_cfg(*common), tmp_path / "uncached")
     cached = run_train(tiny_cfg(*common, "train.cache_features=true"), tmp_path / "cached")
     for name, value in uncached.test_metrics.items():
