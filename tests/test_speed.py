@@ -180,6 +180,7 @@ def test_cached_features_train_the_same_head_as_images(
         "augment=none",
         "train.epochs=2",
         "optim.lr=1e-2",
+        "train.device=cpu",  # exact fp32 comparison (a GPU would run the backbone in bf16)
     )
     uncached = run_train(tiny_cfg(*common), tmp_path / "uncached")
     cached = run_train(tiny_cfg(*common, "train.cache_features=true"), tmp_path / "cached")
@@ -309,3 +310,32 @@ def test_compile_path_on_cpu(tmp_path):
     eager.load_state_dict(model.state_dict())
     eager_loss, _, _ = predict(eager, loader, _identity_batches(), None)
     assert result.history[0]["val/loss"] == pytest.approx(eager_loss, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_cuda_cached_features_stay_on_the_device(tiny_cfg, tmp_path, image_folder, monkeypatch):
+    import pipeline.stages.train as train_stage
+
+    seen = {}
+    extract = train_stage.cached_feature_loaders
+
+    def spy(*args, **kwargs):
+        result = extract(*args, **kwargs)
+        seen["device"] = result[1].features.device.type
+        return result
+
+    monkeypatch.setattr(train_stage, "cached_feature_loaders", spy)
+    cfg = tiny_cfg(
+        "data=folder",
+        f"data.root={image_folder}",
+        "data.batch_size=4",
+        "finetune=frozen",
+        "augment=none",
+        "train.cache_features=true",
+        "train.device=cuda",
+    )
+    result = run_train(cfg, tmp_path / "out")
+    assert seen == {"device": "cuda"}
+    assert 0 <= result.test_metrics["test/acc"] <= 1
+    state = load_checkpoint(result.out_dir / "checkpoints" / "best.pt")["model"]
+    assert any(k.startswith("backbone.") for k in state)
