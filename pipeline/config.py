@@ -18,6 +18,7 @@ from pipeline.backbone import BackboneConfig
 from pipeline.data import DataConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluate import EvalConfig
+from pipeline.features import check_cache_features
 from pipeline.finetune import FinetuneConfig
 from pipeline.head import HeadConfig
 from pipeline.lr_find import LRFindConfig
@@ -61,6 +62,7 @@ class RunConfig:
             raise ConfigError(f"format={self.format!r} is not one of: {', '.join(EXPORT_FORMATS)}")
         if not 0 <= self.seed < 2**32:  # numpy's seed range
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
+        check_cache_features(self.train.cache_features, self.finetune.strategy, self.augment.preset)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from pipeline import distributed
 from pipeline.checkpoint import load_checkpoint, save_atomic
+from pipeline.ema import ModelEma
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.guards import NAN_POLICIES, LossGuard
 from pipeline.repro import load_rng_state, rng_state
@@ -69,6 +70,11 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm
     threads: int | None = None  # torch CPU threads; None: torch's default
     progress: bool | None = None  # per-batch bar; None: only on a terminal
+    # Speed and averaging (see benchmarks/README.md for what each buys).
+    compile: bool = False  # torch.compile the model (slow first epoch, faster after on GPU)
+    accumulate_steps: int = 1  # micro-batches summed into one optimizer step
+    ema_decay: float | None = None  # e.g. 0.999: validate/test/keep an EMA of the weights
+    cache_features: bool = False  # finetune=frozen + augment=none: run the backbone once
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Reliability and scale-out (README "Reliability", "Scaling out").
     resume: str | None = None  # MLflow run id or path to a last.pt: continue that run
@@ -102,6 +108,10 @@ class TrainConfig:
             raise ConfigError(
                 f"train.class_weights must be auto or null, got {self.class_weights!r}"
             )
+        if self.accumulate_steps < 1:
+            raise ConfigError(f"train.accumulate_steps must be >= 1, got {self.accumulate_steps}")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
 
 
 # --- device and precision --------------------------------------------------------------
@@ -196,6 +206,30 @@ def _progress(loader: DataLoader, desc: str, enabled: bool):
     )
 
 
+def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate_steps: int) -> int:
+    """What the LR schedule counts: a last, shorter accumulation group still steps."""
+    return max(1, math.ceil(batches_per_epoch / accumulate_steps))
+
+
+def _optimizer_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler | None,
+    grad_clip: float | None,
+) -> None:
+    if scaler is not None:
+        if grad_clip:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DataLoader,
@@ -210,6 +244,7 @@ def train_one_epoch(
     batch_transform: Callable | None = None,
     class_weights: torch.Tensor | None = None,
     first_step: int = 0,
+    ema: ModelEma | None = None,
 ) -> dict[str, float]:
     """`batch_transform(x, y) -> (x, targets)` may mix images on the device and return soft
     targets (N, C), e.g. `pipeline.mix.MixBatch`; accuracy is still counted against `y`."""
@@ -219,7 +254,10 @@ def train_one_epoch(
     correct = torch.zeros((), device=batches.device, dtype=torch.long)
     seen = 0
     guard = LossGuard(cfg.nan_policy, cfg.log_every, first_step, batches.device)  # NaN/inf loss
-    for images, labels in _progress(loader, desc, progress):
+    accumulate, n_batches = cfg.accumulate_steps, len(loader)
+    group_has_grad = False
+    optimizer.zero_grad(set_to_none=True)
+    for i, (images, labels) in enumerate(_progress(loader, desc, progress)):
         x, y = batches(images, labels)
         x, targets = batch_transform(x, y) if batch_transform else (x, y)
         with autocast(batches.device, amp_dtype):
@@ -227,25 +265,26 @@ def train_one_epoch(
             loss = F.cross_entropy(
                 logits, targets, weight=class_weights, label_smoothing=cfg.label_smoothing
             )
+        # Gradient accumulation: each micro-batch adds loss / (micro-batches in its group),
+        # so one optimizer step sees the group's mean loss, as one big batch would.
+        group_start = i - i % accumulate
+        group_end = min(group_start + accumulate, n_batches)
         # --- non-finite loss: stop (checked every cfg.log_every steps) or skip this batch ---
-        if guard.bad_step(loss):
-            schedule.step_batch()  # the LR schedule follows batches, skipped or not
-            continue
+        skipped = guard.bad_step(loss)
         # --- end non-finite loss ---
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-        schedule.step_batch()
+        if not skipped:
+            micro = loss / (group_end - group_start) if accumulate > 1 else loss
+            (scaler.scale(micro) if scaler is not None else micro).backward()
+            group_has_grad = True
+        if i + 1 == group_end:  # the LR schedule follows optimizer steps, skipped or not
+            if group_has_grad:
+                _optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+                if ema is not None:
+                    ema.update()
+            group_has_grad = False
+            schedule.step_batch()
+        if skipped:
+            continue
         loss_sum += loss.detach() * y.shape[0]
         correct += (logits.detach().argmax(1) == y).sum()
         seen += y.shape[0]
@@ -302,6 +341,7 @@ def training_state(
     train_loader: DataLoader,
     epoch: int,
     history: list[dict[str, float]],
+    ema: ModelEma | None = None,
 ) -> dict:
     """Everything needed to continue after `epoch` exactly as if never stopped (last.pt)."""
     return {
@@ -309,7 +349,7 @@ def training_state(
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": None,  # slot for an EMA of the weights
+        "ema": ema.module.state_dict() if ema is not None else None,
         "early_stopping": stopper.state_dict(),
         "rng": rng_state(train_loader),
         "epoch": epoch,
@@ -346,6 +386,14 @@ def fit(
         if amp_dtype == torch.float16 and batches.device.type == "cuda"
         else None
     )
+    # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size;
+    # the EMA copy is taken before compiling, and it is what validation and checkpoints see.
+    if batches.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    ema = ModelEma(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay else None
+    if cfg.compile:
+        model.compile()
+    eval_model = ema.module if ema is not None else model
     stopper = EarlyStopping(cfg.early_stopping)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     best_path = checkpoint_dir / "best.pt"
@@ -354,7 +402,9 @@ def fit(
     history: list[dict[str, float]] = []
     start_epoch = 0
     if resume is not None:
-        start_epoch = _restore(resume, model, optimizer, schedule, scaler, stopper, train_loader)
+        start_epoch = _restore(
+            resume, model, optimizer, schedule, scaler, stopper, train_loader, ema
+        )
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
     start = time.perf_counter()
@@ -378,9 +428,10 @@ def fit(
             batch_transform=batch_transform,
             class_weights=class_weights,
             first_step=epoch * len(train_loader),
+            ema=ema,
         )
         val_loss, val_probs, val_targets = distributed.gather_predictions(
-            *predict(model, val_loader, batches, amp_dtype)
+            *predict(eval_model, val_loader, batches, amp_dtype)
         )
         metrics = {
             "train/loss": train["loss"],
@@ -400,7 +451,7 @@ def fit(
         if stopper.step(metrics[cfg.early_stopping.monitor], epoch) and main:
             save_atomic(
                 {
-                    "model": distributed.unwrap(model).state_dict(),
+                    "model": distributed.unwrap(eval_model).state_dict(),
                     "epoch": epoch,
                     "metrics": metrics,
                 },
@@ -425,7 +476,7 @@ def fit(
         # on resume (and re-logs its step) rather than leaving a gap in the metric history.
         if main:
             state = training_state(
-                model, optimizer, schedule, scaler, stopper, train_loader, epoch, history
+                model, optimizer, schedule, scaler, stopper, train_loader, epoch, history, ema
             )
             save_atomic({**state, **(checkpoint_extra or {})}, last_path)
         if stopper.should_stop:
@@ -442,6 +493,8 @@ def fit(
         if main and best_path.exists():
             distributed.unwrap(model).load_state_dict(load_checkpoint(best_path)["model"])
         distributed.broadcast_model(model)  # rank 0 holds the best weights
+    elif ema is not None:
+        distributed.unwrap(model).load_state_dict(ema.module.state_dict())  # the validated weights
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,
@@ -460,6 +513,7 @@ def _restore(
     scaler: torch.amp.GradScaler | None,
     stopper: EarlyStopping,
     train_loader: DataLoader,
+    ema: ModelEma | None = None,
 ) -> int:
     """Load a `training_state` dict; returns the epoch to start from."""
     distributed.unwrap(model).load_state_dict(state["model"])
@@ -468,6 +522,8 @@ def _restore(
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     stopper.load_state_dict(state["early_stopping"])
+    if ema is not None and state.get("ema") is not None:
+        ema.module.load_state_dict(state["ema"])
     load_rng_state(state["rng"], train_loader)
     if stopper.should_stop:
         raise TrainingError(

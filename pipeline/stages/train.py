@@ -20,6 +20,7 @@ from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, b
 from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
 from pipeline.errors import TrainingError
+from pipeline.features import cached_feature_loaders
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
@@ -32,7 +33,15 @@ from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point
 from pipeline.sched import build_schedule
 from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking import Run, flatten, start_run
-from pipeline.train import Batches, FitResult, fit, predict, resolve_amp, resolve_device
+from pipeline.train import (
+    Batches,
+    FitResult,
+    fit,
+    optimizer_steps_per_epoch,
+    predict,
+    resolve_amp,
+    resolve_device,
+)
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +192,8 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     )
     batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last)
     optimizer = build_optimizer(model, cfg.optim)
-    schedule = build_schedule(optimizer, cfg.sched, cfg.train.epochs, len(loaders["train"]))
+    steps_per_epoch = optimizer_steps_per_epoch(len(loaders["train"]), cfg.train.accumulate_steps)
+    schedule = build_schedule(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch)
     batch_transform = build_batch_transform(
         cfg.augment.mixup_alpha,
         cfg.augment.cutmix_alpha,
@@ -238,15 +248,30 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
                 for epoch, metrics in enumerate(resume.state["history"]):
                     run.log_metrics(metrics, step=epoch)
         run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
+        fit_model, fit_batches, train_loader, val_loader = (
+            train_model,
+            batches,
+            loaders["train"],
+            loaders["val"],
+        )
         try:
+            if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
+                fit_model, train_loader, val_loader, fit_batches = cached_feature_loaders(
+                    model,
+                    train_loader,
+                    val_loader,
+                    batches,
+                    resolve_amp(cfg.train.amp, device),
+                    cfg.seed,
+                )
             result = fit(
-                train_model,
-                loaders["train"],
-                loaders["val"],
+                fit_model,
+                train_loader,
+                val_loader,
                 optimizer,
                 schedule,
                 cfg.train,
-                batches,
+                fit_batches,
                 checkpoint_dir=checkpoint_dir,
                 on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
                 resume=resume.state if resume else None,
