@@ -25,6 +25,9 @@ class TrackingConfig:
     experiment: str = "default"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Nest this run under another (ablation and search children); set as `mlflow.parentRunId`
+    # explicitly so it works from any process, not only inside an active parent.
+    parent_run_id: str | None = None
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -98,8 +101,13 @@ def _ensure_sqlite_dir(uri: str) -> None:
 
 
 @contextmanager
-def start_run(cfg: TrackingConfig, tags: Mapping[str, str] | None = None) -> Iterator[Run]:
-    """Yields a Run; ends it FINISHED, FAILED (error tagged) or KILLED (Ctrl-C / SIGTERM)."""
+def start_run(
+    cfg: TrackingConfig, tags: Mapping[str, str] | None = None, run_id: str | None = None
+) -> Iterator[Run]:
+    """Yields a Run; ends it FINISHED, FAILED (error tagged) or KILLED (Ctrl-C / SIGTERM).
+
+    With `run_id`, reopens that run (status back to RUNNING) instead of creating one: how a
+    resumed ablation keeps logging to its parent."""
     if not cfg.enabled:
         yield Run()
         return
@@ -111,8 +119,15 @@ def start_run(cfg: TrackingConfig, tags: Mapping[str, str] | None = None) -> Ite
     run_tags = {**cfg.tags, **(tags or {})}
     if cfg.run_name:
         run_tags["mlflow.runName"] = cfg.run_name
-    mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
-    run = Run(client, mlflow_run.info.run_id)
+    if cfg.parent_run_id:
+        run_tags["mlflow.parentRunId"] = cfg.parent_run_id
+    if run_id:
+        client.update_run(run_id, status="RUNNING")
+        run = Run(client, run_id)
+        run.set_tags(run_tags)
+    else:
+        mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
+        run = Run(client, mlflow_run.info.run_id)
     try:
         yield run
     except KeyboardInterrupt:
