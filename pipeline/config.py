@@ -107,9 +107,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 
 def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
-    values = {
-        k: v for k, v in values.items() if k not in ("hydra", "experiment", "hparams_search")
-    }
+    values = {k: v for k, v in values.items() if k not in ("hydra", "experiment", "hparams_search")}
     return _build(RunConfig, values, "")
 
 

@@ -146,7 +146,8 @@ def test_table_csv_and_chart(tmp_path):
     assert lines[0].startswith("| variant | n | test/acc | Δ vs baseline")
     assert lines[2].startswith("| baseline | 3 | 0.9233 ± 0.0252 | – |")
     assert "| no_x | 3 | 0.8233 ± 0.0208 | -0.1000 |" in lines[3]
-    rows = list(csv.DictReader(open(write_csv(summaries, tmp_path / "a.csv"))))
+    with open(write_csv(summaries, tmp_path / "a.csv")) as f:
+        rows = list(csv.DictReader(f))
     assert [r["variant"] for r in rows] == ["baseline", "no_x"]
     assert float(rows[1]["test/acc_mean"]) == pytest.approx(summaries[1].mean["test/acc"])
     assert float(rows[1]["p_value"]) == pytest.approx(summaries[1].paired.p_value)

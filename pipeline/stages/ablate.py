@@ -136,7 +136,7 @@ def _cli_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _child_config(child: Child, tracking: TrackingConfig, name: str, parent_id: str | None):
+def _child_config(child: Child, tracking: TrackingConfig, name: str) -> RunConfig:
     cfg = compose(list(child.overrides))
     tags = {
         **tracking.tags,
@@ -149,9 +149,14 @@ def _child_config(child: Child, tracking: TrackingConfig, name: str, parent_id: 
         tracking,
         run_name=f"{name}/{child.variant}/seed{child.seed}",
         tags=tags,
-        parent_run_id=parent_id,
     )
     return dataclasses.replace(cfg, tracking=run_tracking)
+
+
+def _with_parent(cfg: RunConfig, parent_id: str | None) -> RunConfig:
+    return dataclasses.replace(
+        cfg, tracking=dataclasses.replace(cfg.tracking, parent_run_id=parent_id)
+    )
 
 
 def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None):
@@ -165,13 +170,9 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
     passthrough = passthrough_overrides(_cli_overrides() if overrides is None else overrides)
     variants = [v.name for v in build_variants(ablation)]
     children = plan_children(ablation, passthrough)
-    # Compose every variant before training anything: a typo fails now, with one line.
-    for variant in variants:
-        first = next((c for c in children if c.variant == variant), None)
-        if first:
-            compose(list(first.overrides))
-
     tracking = cfg.tracking
+    # Compose every child before any run starts: a typo in a component fails now, in one line.
+    configs = {child: _child_config(child, tracking, name) for child in children}
     parent_id, done = None, {}
     if tracking.enabled:
         client, experiment_id = _client_and_experiment(tracking)
@@ -187,6 +188,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
         done = latest_finished(child_runs(client, experiment_id, parent_id))
 
     todo = [c for c in children if (c.variant, c.seed, c.sha) not in done]
+    configs = [_with_parent(configs[child], parent_id) for child in todo]
     print(
         f"ablation {name!r} ({ablation.mode}): {len(variants)} variants x "
         f"{len(ablation.seed_list)} seeds; {len(children) - len(todo)} of {len(children)} "
@@ -198,7 +200,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
     else:
         parent_ctx = start_run(tracking, run_id=parent_id)  # Ctrl-C marks the parent KILLED
     with parent_ctx as parent:
-        rows, failures = _run_children(todo, tracking, name, parent_id, out_dir)
+        rows, failures = _run_children(todo, configs, tracking, out_dir)
         if ablation.narrowed:
             print(
                 "narrowed run done; rerun without ablation.only_variant/only_seed to summarise "
@@ -233,7 +235,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
 
 
 def _run_children(
-    todo: list[Child], tracking: TrackingConfig, name: str, parent_id: str | None, out_dir: Path
+    todo: list[Child], configs: list[RunConfig], tracking: TrackingConfig, out_dir: Path
 ) -> tuple[list[dict], list[str]]:
     """Train each child in this process; a failure is recorded and the rest still run."""
     import torch
@@ -241,9 +243,8 @@ def _run_children(
     from pipeline.stages.train import run_train
 
     rows, failures = [], []
-    for i, child in enumerate(todo, 1):
+    for i, (child, child_cfg) in enumerate(zip(todo, configs, strict=True), 1):
         print(f"[{i}/{len(todo)}] {child.variant} seed {child.seed}", flush=True)
-        child_cfg = _child_config(child, tracking, name, parent_id)
         try:
             with PeakMemory(cuda=_uses_cuda(child_cfg, torch)) as peak:
                 result = run_train(child_cfg, out_dir / child.variant / f"seed{child.seed}")
