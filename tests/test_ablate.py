@@ -12,7 +12,7 @@ from pipeline.errors import TrainingError
 from pipeline.stages import run_ablate
 from tests.conftest import tiny_overrides, write_image_folder
 
-pytestmark = pytest.mark.slow  # seven tiny trainings: ~20 s on 2 idle cores
+pytestmark = pytest.mark.slow  # five tiny trainings; ~75 s on the shared, loaded 2-core box
 
 VARIANTS = ["baseline", "no_dropout"]
 

@@ -21,15 +21,16 @@ from pipeline.tracking import start_run
 log = logging.getLogger(__name__)
 
 
-def _trial_overrides() -> tuple[int | None, list[str]]:
-    """(Hydra job number, this trial's overrides) under a sweep; (None, []) otherwise."""
+def _trial_overrides() -> tuple[int | None, list[str], set[str]]:
+    """(Hydra job number, this trial's overrides, the swept keys) under a sweep."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return None, []
+        return None, [], set()
     hydra_cfg = HydraConfig.get()
     num = hydra_cfg.job.get("num")
-    return (int(num) if num is not None else None), list(hydra_cfg.overrides.task)
+    swept = set(hydra_cfg.sweeper.get("params") or {})
+    return (int(num) if num is not None else None), list(hydra_cfg.overrides.task), swept
 
 
 def find_study_parent(client: Any, experiment_id: str, study: str) -> str | None:
@@ -46,7 +47,7 @@ def run_search(cfg: RunConfig, out_dir: Path) -> float:
     from pipeline.stages.train import run_train
 
     search, tracking = cfg.search, cfg.tracking
-    trial, overrides = _trial_overrides()
+    trial, overrides, swept = _trial_overrides()
     parent_id = None
     if tracking.enabled:
         client, experiment_id = _client_and_experiment(tracking)
@@ -78,9 +79,8 @@ def run_search(cfg: RunConfig, out_dir: Path) -> float:
         if search.better(value, best):
             parent.log_metrics({key: value, "best/test/acc": result.test_metrics["test/acc"]})
             parent.set_tags({"best_run_id": result.run_id, "best_trial": trial})
-            parent.set_tags(
-                {f"best.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in overrides if "=" in o}
-            )
+            chosen = dict(o.split("=", 1) for o in overrides if "=" in o)
+            parent.set_tags({f"best.{k}": v for k, v in chosen.items() if k in swept})
             best_path = Path(out_dir) / "best_trial.yaml"
             best_path.write_text(
                 yaml.safe_dump(
