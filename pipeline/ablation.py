@@ -39,6 +39,9 @@ class AblationConfig:
     # Narrow this process to one variant and/or seed: one job of a Hydra multirun.
     only_variant: str | None = None
     only_seed: int | None = None
+    # Compose every child, find or create the parent, print the plan, train nothing: checks an
+    # ablation, and sets up the store and parent before parallel jobs race to create them.
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -189,11 +189,17 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
 
     todo = [c for c in children if (c.variant, c.seed, c.sha) not in done]
     configs = [_with_parent(configs[child], parent_id) for child in todo]
+    narrowed = f" (this job: {len(children)} of them)" if ablation.narrowed else ""
     print(
         f"ablation {name!r} ({ablation.mode}): {len(variants)} variants x "
-        f"{len(ablation.seed_list)} seeds; {len(children) - len(todo)} of {len(children)} "
-        f"runs already finished, {len(todo)} to run; parent run {parent_id or '(tracking off)'}"
+        f"{len(ablation.seed_list)} seeds{narrowed}; {len(children) - len(todo)} of "
+        f"{len(children)} runs already finished, {len(todo)} to run; "
+        f"parent run {parent_id or '(tracking off)'}"
     )
+    if ablation.dry_run:
+        for child in todo:
+            print(f"  would run {child.variant} seed {child.seed}: {' '.join(child.overrides)}")
+        return None
     if ablation.narrowed or not tracking.enabled:
         # Parallel narrowed jobs share the parent: only the summarising run opens and ends it.
         parent_ctx = nullcontext(Run())
