@@ -171,6 +171,13 @@ def test_rerun_after_success_trains_nothing(ablation_setup, monkeypatch, capsys)
     again = run_ablate(cfg, tmp / "again", overrides)
     assert "4 of 4 runs already finished, 0 to run" in capsys.readouterr().out
     assert [s.mean["test/acc"] for s in again] == [s.mean["test/acc"] for s in summaries]
+    # A dry run lists what would run and prints the table so far; it trains nothing.
+    dry = dataclasses.replace(cfg.ablation, seeds=3, dry_run=True)
+    assert run_ablate(dataclasses.replace(cfg, ablation=dry), tmp / "dry", overrides) is None
+    out = capsys.readouterr().out
+    assert "4 of 6 runs already finished, 2 to run" in out
+    assert "would run no_dropout seed 2: head=mlp head.hidden=16 head.dropout=0.3" in out
+    assert f"| baseline | 2 | {summaries[0].mean['test/acc']:.4f} ± " in out
     # A changed component is a different child: it does not count as done.
     changed = dataclasses.replace(
         cfg.ablation, components={"dropout": ["head.dropout=0.1"]}, only_variant="no_dropout"

@@ -199,6 +199,9 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
     if ablation.dry_run:
         for child in todo:
             print(f"  would run {child.variant} seed {child.seed}: {' '.join(child.overrides)}")
+        if done:  # the table so far, from what already finished (nothing is logged)
+            rows = _finished_rows(client, experiment_id, parent_id, children)
+            print("\n" + "\n".join(_summarize(ablation, name, variants, rows)[1:]))
         return None
     if ablation.narrowed or not tracking.enabled:
         # Parallel narrowed jobs share the parent: only the summarising run opens and ends it.
@@ -215,29 +218,36 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
             _raise_if_failed(failures)
             return None
         if tracking.enabled:
-            current = {(c.variant, c.seed, c.sha) for c in children}
-            finished = latest_finished(child_runs(client, experiment_id, parent_id))
-            rows = [_row(run) for key, run in finished.items() if key in current]
-        summaries = summarize_variants(
-            rows, variants, ablation.metric, BASELINE, ablation.bootstrap
-        )
-        table = format_table(summaries, ablation.metric)
-        header = (
-            f"# Ablation `{name}` ({ablation.mode})\n\n"
-            f"Seeds {ablation.seed_list}; Δ, CI and p compare each variant with `{BASELINE}` "
-            f"on {ablation.metric}, paired by seed; ± is the standard deviation over seeds.\n\n"
-        )
+            rows = _finished_rows(client, experiment_id, parent_id, children)
+        summaries, header, table = _summarize(ablation, name, variants, rows)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "ablation.md").write_text(header + table + "\n")
+        (out_dir / "ablation.md").write_text(f"{header}\n{table}\n")
         write_csv(summaries, out_dir / "ablation.csv", ablation.metric)
         plot_summary(summaries, out_dir / "ablation.png", ablation.metric, f"ablation {name}")
         for artifact in ("ablation.md", "ablation.csv", "ablation.png"):
             parent.log_artifact(out_dir / artifact)
         parent.log_metrics(_parent_metrics(summaries, ablation.metric))
         parent.set_tags({"failed_children": len(failures)})
-        print(f"\n{header}{table}\n", flush=True)
+        print(f"\n{header}\n{table}\n", flush=True)
         _raise_if_failed(failures)  # inside: the parent ends FAILED, with the table logged
     return summaries
+
+
+def _finished_rows(client: Any, experiment_id: str, parent_id: str, children: list[Child]):
+    """Metrics of the latest FINISHED child per (variant, seed) that ran today's overrides."""
+    current = {(c.variant, c.seed, c.sha) for c in children}
+    finished = latest_finished(child_runs(client, experiment_id, parent_id))
+    return [_row(run) for key, run in finished.items() if key in current]
+
+
+def _summarize(ablation, name: str, variants: list[str], rows: list[dict]):
+    summaries = summarize_variants(rows, variants, ablation.metric, BASELINE, ablation.bootstrap)
+    header = (
+        f"# Ablation `{name}` ({ablation.mode})\n\n"
+        f"Seeds {ablation.seed_list}; Δ, CI and p compare each variant with `{BASELINE}` "
+        f"on {ablation.metric}, paired by seed; ± is the standard deviation over seeds.\n"
+    )
+    return summaries, header, format_table(summaries, ablation.metric)
 
 
 def _run_children(
