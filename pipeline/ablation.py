@@ -23,6 +23,9 @@ MODES = {"leave_one_out": "no_", "add_one_in": "with_"}
 BASELINE = "baseline"
 # Overrides the plan sets itself (or that would escape it), never per component or from the CLI.
 RESERVED_KEYS = ("stage", "seed", "ablation", "hparams_search", "search")
+# How a child runs, not what it computes: left out of its identity, so a summarising rerun
+# without e.g. train.threads=1 still counts the children a parallel sweep trained.
+RUNTIME_KEYS = ("train.threads", "train.progress", "data.num_workers", "data.eval_batch_size")
 _NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -95,7 +98,7 @@ class Child:
     @property
     def sha(self) -> str:
         """Identity for resume: a child only counts as done if it ran these overrides."""
-        return overrides_sha(self.overrides)
+        return overrides_sha([o for o in self.overrides if override_key(o) not in RUNTIME_KEYS])
 
 
 def override_key(override: str) -> str:

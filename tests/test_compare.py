@@ -43,6 +43,10 @@ def test_leave_one_out_plan_is_seed_major_and_pairs_by_seed():
     # Baseline, then the command line's, then the variant's own, then the seed: later wins.
     assert children[1].overrides == ("head=mlp", "train.threads=2", "head.dropout=0.0", "seed=5")
     assert children[0].sha != children[3].sha  # the seed is part of a child's identity
+    # How it runs is not: the same child with other thread/worker counts is already done.
+    fewer = plan_children(_ablation(first_seed=5), ["train.threads=1", "data.num_workers=0"])
+    assert [c.sha for c in fewer] == [c.sha for c in children]
+    assert plan_children(_ablation(first_seed=5), ["optim.lr=1"])[0].sha != children[0].sha
 
 
 def test_add_one_in_names_and_narrowing():
