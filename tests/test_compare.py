@@ -157,3 +157,41 @@ def test_table_csv_and_chart(tmp_path):
     assert float(rows[1]["p_value"]) == pytest.approx(summaries[1].paired.p_value)
     png = plot_summary(summaries, tmp_path / "a.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_ablate_without_an_ablation_says_how_to_pick_one():
+    with pytest.raises(ConfigError, match=r"pick one with ablation=<name>"):
+        plan_children(AblationConfig())
+
+
+@pytest.mark.slow
+def test_cli_dry_run_composes_children_inside_hydra_and_fails_bad_components_in_one_line(
+    tmp_path,
+):
+    import subprocess
+    import sys
+
+    base = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "stage=ablate",
+        "ablation=quickstart_components",
+        "ablation.dry_run=true",
+        "tracking.enabled=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
+    ok = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert "6 variants x 3 seeds; 0 of 18 runs already finished, 18 to run" in ok.stdout
+    assert "would run no_pretrained seed 2: backbone.img_size=48" in ok.stdout
+    bad = subprocess.run(
+        [*base, '+ablation.components.head=["head.kind=nope"]'],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    assert bad.stderr.strip().splitlines()[-1] == (
+        "error: head.kind='nope' is not one of: linear, mlp"
+    )

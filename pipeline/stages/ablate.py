@@ -17,7 +17,14 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.ablation import BASELINE, Child, build_variants, passthrough_overrides, plan_children
+from pipeline.ablation import (
+    BASELINE,
+    AblationConfig,
+    Child,
+    build_variants,
+    passthrough_overrides,
+    plan_children,
+)
 from pipeline.compare import METRICS, format_table, plot_summary, summarize_variants, write_csv
 from pipeline.config import RunConfig, compose
 from pipeline.errors import PipelineError, TrainingError
@@ -136,7 +143,9 @@ def _cli_overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
-def _child_config(child: Child, tracking: TrackingConfig, name: str) -> RunConfig:
+def _child_config(
+    child: Child, tracking: TrackingConfig, name: str, ablation: AblationConfig
+) -> RunConfig:
     cfg = compose(list(child.overrides))
     tags = {
         **tracking.tags,
@@ -150,7 +159,8 @@ def _child_config(child: Child, tracking: TrackingConfig, name: str) -> RunConfi
         run_name=f"{name}/{child.variant}/seed{child.seed}",
         tags=tags,
     )
-    return dataclasses.replace(cfg, tracking=run_tracking)
+    # The child logs which ablation it belongs to among its params, not empty defaults.
+    return dataclasses.replace(cfg, tracking=run_tracking, ablation=ablation)
 
 
 def _with_parent(cfg: RunConfig, parent_id: str | None) -> RunConfig:
@@ -172,7 +182,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
     children = plan_children(ablation, passthrough)
     tracking = cfg.tracking
     # Compose every child before any run starts: a typo in a component fails now, in one line.
-    configs = {child: _child_config(child, tracking, name) for child in children}
+    configs = {child: _child_config(child, tracking, name, ablation) for child in children}
     parent_id, done = None, {}
     if tracking.enabled:
         client, experiment_id = _client_and_experiment(tracking)
