@@ -99,6 +99,17 @@ def test_shipped_ablation_composes_and_every_variant_config_is_valid():
     assert compose(list(variants["no_finetuning"].overrides)).finetune.strategy == "frozen"
 
 
+def test_shipped_add_one_in_example_builds_up_from_a_linear_probe():
+    cfg = compose(["stage=ablate", "ablation=recipe_add_one_in"])
+    variants = {c.variant: c for c in plan_children(cfg.ablation) if c.seed == 0}
+    base = compose(list(variants["baseline"].overrides))
+    assert (base.finetune.strategy, base.head.kind, base.optim.name) == ("frozen", "linear", "sgd")
+    assert compose(list(variants["with_mlp_head"].overrides)).head.kind == "mlp"
+    assert compose(list(variants["with_adamw"].overrides)).optim.name == "adamw"
+    full = compose(list(variants["with_finetuning"].overrides))
+    assert full.finetune.strategy == "full" and full.augment.preset == "none"
+
+
 ROWS = [
     {"variant": "baseline", "seed": 0, "test/acc": 0.90, "test/f1_macro": 0.89, "best_epoch": 3},
     {"variant": "baseline", "seed": 1, "test/acc": 0.92, "test/f1_macro": 0.91, "best_epoch": 2},
