@@ -47,6 +47,8 @@ class AblationConfig:
     dry_run: bool = False
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]*", self.name):  # it goes into MLflow filters
+            raise ConfigError(f"ablation.name={self.name!r} may use only letters, digits, _ . -")
         if self.mode not in MODES:
             raise ConfigError(f"ablation.mode={self.mode!r} is not one of: {', '.join(MODES)}")
         if self.seeds < 1:

@@ -7,6 +7,7 @@ returns the objective, measured on validation (never test) at the selected epoch
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
@@ -19,6 +20,8 @@ class SearchConfig:
     direction: str = "maximize"  # maximize | minimize; must match the sweeper's
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):  # it goes into MLflow filters
+            raise ConfigError(f"search.study={self.study!r} may use only letters, digits, _ . -")
         if self.direction not in ("maximize", "minimize"):
             raise ConfigError(
                 f"search.direction must be maximize or minimize, got {self.direction!r}"

@@ -58,6 +58,7 @@ def test_add_one_in_names_and_narrowing():
     "kw, message",
     [
         ({"mode": "random"}, "ablation.mode"),
+        ({"name": "it's"}, "ablation.name"),
         ({"components": {"x": ["seed=3"]}}, "sets a key the ablation controls"),
         ({"components": {"x": ["tracking.uri=x"]}}, "sets a key the ablation controls"),
         ({"components": {"bad name": ["head.dropout=0"]}}, "must match"),

@@ -99,8 +99,6 @@ def find_parent(client: Any, experiment_id: str, name: str) -> str | None:
 
 def create_parent(client: Any, experiment_id: str, name: str, params: dict[str, Any]) -> str:
     """Create the parent, then defer to an older one if a parallel job won the race."""
-    from mlflow.entities import Param
-
     run = client.create_run(
         experiment_id, tags={PARENT_TAG: name, "stage": "ablate"}, run_name=f"ablation/{name}"
     )
@@ -109,9 +107,7 @@ def create_parent(client: Any, experiment_id: str, name: str, params: dict[str, 
     if oldest != run_id:
         client.delete_run(run_id)
         return oldest
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run_id, params=items[i : i + 100])
+    Run(client, run_id).log_params(params)
     return run_id
 
 
