@@ -19,12 +19,14 @@ from pipeline.errors import PipelineError
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _run(cfg: DictConfig) -> None:
+def _run(cfg: DictConfig) -> float | None:
     from pipeline.stages import STAGE_FUNCTIONS
 
     try:
         run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-        STAGE_FUNCTIONS[run_cfg.stage](run_cfg, Path(HydraConfig.get().runtime.output_dir))
+        result = STAGE_FUNCTIONS[run_cfg.stage](run_cfg, Path(HydraConfig.get().runtime.output_dir))
+        # A sweeper (hparams_search=...) optimises what the task returns: stage=search's objective.
+        return result if isinstance(result, float) else None
     except PipelineError as exc:
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.ablation import AblationConfig
 from pipeline.augment import AugmentConfig
 from pipeline.backbone import BackboneConfig
 from pipeline.data import DataConfig
@@ -24,12 +25,23 @@ from pipeline.head import HeadConfig
 from pipeline.lr_find import LRFindConfig
 from pipeline.optim import OptimConfig
 from pipeline.sched import SchedConfig
+from pipeline.search import SearchConfig
 from pipeline.tracking import TrackingConfig
 from pipeline.train import TrainConfig
 from pipeline.visualize import VisualizeConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-STAGES = ("train", "download", "evaluate", "predict", "export", "visualize", "lr_find")
+STAGES = (
+    "train",
+    "download",
+    "evaluate",
+    "predict",
+    "export",
+    "visualize",
+    "lr_find",
+    "ablate",
+    "search",
+)
 EXPORT_FORMATS = ("onnx", "torchscript")
 
 
@@ -54,6 +66,8 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
+    search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -121,7 +135,7 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 
 def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
-    values = {k: v for k, v in values.items() if k not in ("hydra", "experiment")}
+    values = {k: v for k, v in values.items() if k not in ("hydra", "experiment", "hparams_search")}
     return _build(RunConfig, values, "")
 
 
@@ -129,8 +143,12 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     """Compose conf/ with Hydra's API (no output dir, no logging setup): for tests and notebooks."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # inside @hydra.main, e.g. stage=ablate
         cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+    else:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
     return run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))

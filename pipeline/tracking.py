@@ -25,6 +25,9 @@ class TrackingConfig:
     experiment: str = "default"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    # Nest this run under another (ablation and search children); set as `mlflow.parentRunId`
+    # explicitly so it works from any process, not only inside an active parent.
+    parent_run_id: str | None = None
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -125,7 +128,8 @@ def start_run(
 ) -> Iterator[Run]:
     """Yields a Run; ends it FINISHED, FAILED (error tagged) or KILLED (Ctrl-C / SIGTERM).
 
-    With `run_id`, reopens that run instead of creating one (resuming an interrupted job)."""
+    With `run_id`, reopens that run instead of creating one: how a resumed job (or a resumed
+    ablation's parent) keeps logging to the same run."""
     if not cfg.enabled:
         yield Run()
         return
@@ -134,6 +138,8 @@ def start_run(
 
     client = MlflowClient(tracking_uri=cfg.uri)
     run_tags = {**cfg.tags, **(tags or {})}
+    if cfg.parent_run_id:
+        run_tags["mlflow.parentRunId"] = cfg.parent_run_id
     if run_id:
         run = _reopen_run(client, run_id, run_tags)
     else:

@@ -1,0 +1,186 @@
+"""stage=ablate end to end on tiny data: nested MLflow runs, summary from the children, resume."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.ablation import AblationConfig
+from pipeline.config import compose
+from pipeline.errors import TrainingError
+from pipeline.stages import run_ablate
+from tests.conftest import tiny_overrides, write_image_folder
+
+pytestmark = pytest.mark.slow  # five tiny trainings; ~75 s on the shared, loaded 2-core box
+
+VARIANTS = ["baseline", "no_dropout"]
+
+
+def _explode(*args, **kwargs):
+    raise TrainingError("training loss is nan")
+
+
+@pytest.fixture(scope="module")
+def ablation_setup(mlflow_uri, tmp_path_factory):
+    """A 2-variant x 2-seed ablation on 24 tiny PNGs, run twice: first with one child crashing
+    mid-training, then again, which retrains only that child. Shared by the tests below."""
+    import pipeline.stages.train as train_stage
+
+    tmp = tmp_path_factory.mktemp("ablate")
+    root = write_image_folder(tmp / "images")
+    overrides = [
+        *tiny_overrides(mlflow_uri, tmp),
+        "tracking.experiment=tests-ablate",
+        "data=folder",
+        f"data.root={root}",
+        "data.batch_size=8",
+    ]
+    cfg = compose(["stage=ablate", *overrides])
+    ablation = AblationConfig(
+        name="tiny",
+        baseline=["head=mlp", "head.hidden=16", "head.dropout=0.3"],
+        components={"dropout": ["head.dropout=0.0"]},
+        seeds=2,
+        bootstrap=200,
+    )
+    cfg = dataclasses.replace(cfg, ablation=ablation)
+    real, trained, fail = train_stage.run_train, [], {("no_dropout", 1)}
+
+    def counting(child_cfg, out_dir):
+        key = (child_cfg.tracking.tags["variant"], child_cfg.seed)
+        trained.append(key)
+        with pytest.MonkeyPatch.context() as m:
+            if key in fail:  # crashes mid-training, for real: run_train marks it FAILED
+                m.setattr(train_stage, "fit", _explode)
+            return real(child_cfg, out_dir)
+
+    client = MlflowClient(mlflow_uri)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_stage, "run_train", counting)
+        with pytest.raises(TrainingError, match=r"1 ablation run.*no_dropout seed 1: training"):
+            run_ablate(cfg, tmp / "out1", overrides)
+        experiment = client.get_experiment_by_name("tests-ablate").experiment_id
+        first = {
+            "trained": list(trained),
+            "parent": _parent(client, experiment),
+            "failed": _children(
+                client, experiment, _parent(client, experiment).info.run_id, "FAILED"
+            ),
+        }
+        trained.clear()
+        fail.clear()
+        summaries = run_ablate(cfg, tmp / "out", overrides)
+        first["retrained"] = list(trained)
+    return cfg, overrides, tmp, summaries, client, experiment, first
+
+
+def _children(client, experiment, parent_id, status=None):
+    runs = client.search_runs(
+        [experiment], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    return [r for r in runs if status is None or r.info.status == status]
+
+
+def _parent(client, experiment):
+    parents = client.search_runs([experiment], filter_string="tags.stage = 'ablate'")
+    assert len(parents) == 1  # reruns reuse it
+    return parents[0]
+
+
+def test_parent_with_one_tagged_child_per_variant_and_seed(ablation_setup):
+    *_, client, experiment, _ = ablation_setup
+    parent = _parent(client, experiment)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["ablation"] == "tiny"
+    assert parent.data.params["ablation.components.dropout"] == "['head.dropout=0.0']"
+    children = _children(client, experiment, parent.info.run_id, "FINISHED")
+    assert len(_children(client, experiment, parent.info.run_id)) == 5  # + the one that failed
+    assert sorted((r.data.tags["variant"], r.data.tags["seed"]) for r in children) == [
+        ("baseline", "0"),
+        ("baseline", "1"),
+        ("no_dropout", "0"),
+        ("no_dropout", "1"),
+    ]
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["ablation"] == "tiny"
+        assert run.data.tags["mlflow.runName"] == (
+            f"tiny/{run.data.tags['variant']}/seed{run.data.tags['seed']}"
+        )
+        assert run.data.params["seed"] == run.data.tags["seed"]
+        expected_dropout = "0.3" if run.data.tags["variant"] == "baseline" else "0.0"
+        assert run.data.params["head.dropout"] == expected_dropout
+        assert run.data.params["head.kind"] == "mlp"
+        assert run.data.metrics["peak_memory_mb"] > 10
+        assert {"test/acc", "test/f1_macro", "best_epoch", "train_seconds"} <= set(run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"ablation.md", "ablation.csv", "ablation.png"} <= artifacts
+
+
+def test_summary_equals_mean_and_std_recomputed_from_the_children(ablation_setup):
+    _, _, tmp, summaries, client, experiment, _ = ablation_setup
+    parent = _parent(client, experiment)
+    children = _children(client, experiment, parent.info.run_id, "FINISHED")
+    assert [s.variant for s in summaries] == VARIANTS
+    for summary in summaries:
+        runs = [r for r in children if r.data.tags["variant"] == summary.variant]
+        for key in ("test/acc", "test/f1_macro", "best_epoch", "train_seconds", "peak_memory_mb"):
+            values = [r.data.metrics[key] for r in runs]
+            assert summary.mean[key] == pytest.approx(np.mean(values)), key
+            assert summary.std[key] == pytest.approx(np.std(values, ddof=1)), key
+        assert parent.data.metrics[f"{summary.variant}/test/acc_mean"] == pytest.approx(
+            summary.mean["test/acc"]
+        )
+    by = {
+        (r.data.tags["variant"], r.data.tags["seed"]): r.data.metrics["test/acc"] for r in children
+    }
+    diffs = [by[("no_dropout", s)] - by[("baseline", s)] for s in ("0", "1")]
+    assert summaries[1].paired.mean_diff == pytest.approx(np.mean(diffs))
+    table = (tmp / "out" / "ablation.md").read_text()
+    assert f"| no_dropout | 2 | {summaries[1].mean['test/acc']:.4f} ± " in table
+
+
+def test_a_failed_child_is_recorded_and_only_it_reruns(ablation_setup):
+    *_, client, experiment, first = ablation_setup
+    # First pass: all four children ran; one crashed; the parent ended FAILED with the table.
+    assert first["trained"] == [
+        ("baseline", 0),
+        ("no_dropout", 0),
+        ("baseline", 1),
+        ("no_dropout", 1),
+    ]
+    assert first["parent"].info.status == "FAILED"
+    assert first["parent"].data.tags["failed_children"] == "1"
+    assert "retry only those" in first["parent"].data.tags["error"]
+    [failed] = first["failed"]
+    assert (failed.data.tags["variant"], failed.data.tags["seed"]) == ("no_dropout", "1")
+    assert "training loss is nan" in failed.data.tags["error"]
+    # Second pass: only the failed child trained, under the same parent, which now FINISHED.
+    assert first["retrained"] == [("no_dropout", 1)]
+    parent = _parent(client, experiment)
+    assert parent.info.run_id == first["parent"].info.run_id
+    assert parent.info.status == "FINISHED" and parent.data.tags["failed_children"] == "0"
+
+
+def test_rerun_after_success_trains_nothing(ablation_setup, monkeypatch, capsys):
+    import pipeline.stages.train as train_stage
+
+    cfg, overrides, tmp, summaries, *_ = ablation_setup
+    monkeypatch.setattr(train_stage, "run_train", _explode)
+    again = run_ablate(cfg, tmp / "again", overrides)
+    assert "4 of 4 runs already finished, 0 to run" in capsys.readouterr().out
+    assert [s.mean["test/acc"] for s in again] == [s.mean["test/acc"] for s in summaries]
+    # A dry run lists what would run and prints the table so far; it trains nothing.
+    dry = dataclasses.replace(cfg.ablation, seeds=3, dry_run=True)
+    assert run_ablate(dataclasses.replace(cfg, ablation=dry), tmp / "dry", overrides) is None
+    out = capsys.readouterr().out
+    assert "4 of 6 runs already finished, 2 to run" in out
+    assert "would run no_dropout seed 2: head=mlp head.hidden=16 head.dropout=0.3" in out
+    assert f"| baseline | 2 | {summaries[0].mean['test/acc']:.4f} ± " in out
+    # A changed component is a different child: it does not count as done.
+    changed = dataclasses.replace(
+        cfg.ablation, components={"dropout": ["head.dropout=0.1"]}, only_variant="no_dropout"
+    )
+    with pytest.raises(TrainingError, match="2 ablation run"):
+        run_ablate(dataclasses.replace(cfg, ablation=changed), tmp / "changed", overrides)
