@@ -44,6 +44,7 @@ def test_optuna_search_config_composes_with_the_four_knobs():
 
 
 def test_depth_search_config_needs_partial_finetuning():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     if not (CONF_DIR / "finetune" / "partial.yaml").exists():
         pytest.skip("finetune=partial (train_last_n) is not on this branch")
     cfg = _hydra_cfg("hparams_search=lite0_digits_depth")
