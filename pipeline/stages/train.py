@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 import yaml
+from torch.utils.data import DataLoader
 
 from pipeline import distributed
 from pipeline.augment import build_eval_transform, build_train_transform
-from pipeline.backbone import check_model_name
+from pipeline.backbone import InputSpec, check_model_name
 from pipeline.config import RunConfig
 from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
 from pipeline.data_report import log_data_report
@@ -42,6 +43,7 @@ from pipeline.train import (
     resolve_amp,
     resolve_device,
 )
+from pipeline.weights import WeightsInfo
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +118,74 @@ def _interrupted_message(exc: KeyboardInterrupt, run: Run, checkpoint_dir: Path)
     return f"{what}: {status}checkpoint {last}; continue with train.resume={target}"
 
 
+def _build_loaders(
+    cfg: RunConfig,
+    splits: Splits,
+    train_tf,
+    eval_tf,
+    decode: int,
+    dist_info: distributed.DistInfo,
+    pin_memory: bool,
+) -> dict[str, DataLoader]:
+    """train/val/test loaders; under torchrun each rank gets its shard."""
+    num_classes = len(splits.class_names)
+    eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    datasets = {
+        "train": ImageDataset(splits.train, train_tf, decode),
+        "val": ImageDataset(splits.val, eval_tf, decode),
+        "test": ImageDataset(splits.test, eval_tf, decode),
+    }
+    weighted = cfg.data.sampler == "weighted"
+    return {
+        name: build_loader(
+            dataset,
+            cfg.data.batch_size if name == "train" else eval_bs,
+            train=name == "train",
+            num_workers=cfg.data.num_workers,
+            seed=cfg.seed + dist_info.rank,
+            pin_memory=pin_memory,
+            sample_weights=balanced_sample_weights(splits.train.labels, num_classes)
+            if name == "train" and weighted
+            else None,
+            # Under torchrun each rank sees its shard (None: one process sees everything).
+            sampler=distributed.shard_sampler(
+                dataset, dist_info, train=name == "train", seed=cfg.seed
+            ),
+        )
+        for name, dataset in datasets.items()
+    }
+
+
+def _derived_params(
+    cfg: RunConfig,
+    splits: Splits,
+    model: torch.nn.Module,
+    spec: InputSpec,
+    weights: WeightsInfo,
+    crop_pct: float,
+    device: torch.device,
+    dist_info: distributed.DistInfo,
+) -> dict:
+    """Facts the config alone does not say, logged as params beside it."""
+    return {
+        "weights_source": weights.source,
+        "weights_sha256": weights.sha256 or "",
+        "weights_path": weights.path or "",
+        "input.img_size": spec.img_size,
+        "input.mean": list(spec.mean),
+        "input.std": list(spec.std),
+        "input.interpolation": spec.interpolation,
+        "input.crop_pct": crop_pct,
+        "params.total": sum(p.numel() for p in model.parameters()),
+        "params.trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "device": str(device),
+        "amp": str(resolve_amp(cfg.train.amp, device)).removeprefix("torch."),
+        "world_size": dist_info.world_size,
+        **{f"data.n_{name}": n for name, n in splits.sizes().items()},
+        "data.n_skipped": len(splits.skipped),
+    }
+
+
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
     """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds."""
     if cfg.data.kfold and splits is None:
@@ -159,30 +229,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
     decode = round(spec.img_size / crop_pct)
     pin = device.type == "cuda"
-    eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
-    datasets = {
-        "train": ImageDataset(splits.train, train_tf, decode),
-        "val": ImageDataset(splits.val, eval_tf, decode),
-        "test": ImageDataset(splits.test, eval_tf, decode),
-    }
-    loaders = {
-        name: build_loader(
-            dataset,
-            cfg.data.batch_size if name == "train" else eval_bs,
-            train=name == "train",
-            num_workers=cfg.data.num_workers,
-            seed=cfg.seed + dist_info.rank,
-            pin_memory=pin,
-            sample_weights=balanced_sample_weights(splits.train.labels, num_classes)
-            if name == "train" and cfg.data.sampler == "weighted"
-            else None,
-            # Under torchrun each rank sees its shard (None: one process sees everything).
-            sampler=distributed.shard_sampler(
-                dataset, dist_info, train=name == "train", seed=cfg.seed
-            ),
-        )
-        for name, dataset in datasets.items()
-    }
+    loaders = _build_loaders(cfg, splits, train_tf, eval_tf, decode, dist_info, pin_memory=pin)
 
     channels_last = (
         device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
@@ -207,24 +254,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
     train_model = distributed.wrap_model(model, dist_info, device, cfg.train.sync_bn)
 
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    derived = {
-        "weights_source": weights.source,
-        "weights_sha256": weights.sha256 or "",
-        "weights_path": weights.path or "",
-        "input.img_size": spec.img_size,
-        "input.mean": list(spec.mean),
-        "input.std": list(spec.std),
-        "input.interpolation": spec.interpolation,
-        "input.crop_pct": crop_pct,
-        "params.total": sum(p.numel() for p in model.parameters()),
-        "params.trainable": trainable,
-        "device": str(device),
-        "amp": str(resolve_amp(cfg.train.amp, device)).removeprefix("torch."),
-        "world_size": dist_info.world_size,
-        **{f"data.n_{name}": n for name, n in splits.sizes().items()},
-        "data.n_skipped": len(splits.skipped),
-    }
+    derived = _derived_params(cfg, splits, model, spec, weights, crop_pct, device, dist_info)
     config_path = out_dir / "config.yaml"
     config_path.write_text(
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
