@@ -11,7 +11,6 @@ test accuracy of both runs (they should agree: the same head is trained on the s
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 import pipeline.stages.train as train_stage  # noqa: E402
+from benchmarks.report import emit  # noqa: E402
 from pipeline.config import compose  # noqa: E402
 from pipeline.train import resolve_device  # noqa: E402
 
@@ -103,12 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
             uncached["epoch_seconds_median"] / cached["epoch_seconds_median"], 1
         ),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

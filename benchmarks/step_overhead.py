@@ -12,7 +12,6 @@ the overhead bound, independent of drift.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.report import emit  # noqa: E402
 from pipeline.data import DeviceNormalize  # noqa: E402
 from pipeline.optim import OptimConfig, build_optimizer  # noqa: E402
 from pipeline.sched import SchedConfig, build_schedule  # noqa: E402
@@ -105,12 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "added_ms": round(added, 4),
         "implied_b_over_a": round(plain_ms / (plain_ms + added), 4),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

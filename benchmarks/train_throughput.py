@@ -22,7 +22,6 @@ loader workers not included) and the ratios (b)/(a), (c)/(a), (d)/(a).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -41,6 +40,7 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
+from benchmarks.report import emit  # noqa: E402
 from pipeline.augment import AugmentConfig, build_train_transform  # noqa: E402
 from pipeline.backbone import BackboneConfig  # noqa: E402
 from pipeline.data import (  # noqa: E402
@@ -366,12 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
             if upper and not name.startswith("a_")
         },
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":
