@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from functools import partial
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pipeline
+from benchmarks.report import emit
 from pipeline.augment import AugmentConfig, build_train_transform
 from pipeline.data import (
     DeviceNormalize,
@@ -97,6 +99,13 @@ def timm_loader(root: Path, size: int, batch_size: int, workers: int, passes: in
     return result
 
 
+LOADERS = {
+    "pipeline": ours,
+    "pipeline_no_draft": partial(ours, draft=False),  # what draft decoding buys
+    "timm": timm_loader,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -105,21 +114,35 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--loaders", nargs="+", default=list(LOADERS), choices=list(LOADERS))
     parser.add_argument("--passes", type=int, default=2, help="timed passes over all images")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="interleaved runs of each row; the median counts"
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the main process")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
+    # Interleave the rows (a, b, c, a, b, c, ...) so drift on a shared machine hits all alike.
+    runs: dict[tuple[str, int], list[dict]] = {}
+    for _ in range(args.repeats):
+        for workers in args.workers:
+            for name in args.loaders:
+                row = LOADERS[name](args.root, args.size, args.batch_size, workers, args.passes)
+                runs.setdefault((name, workers), []).append(row)
+                print(json.dumps({"loader": name, "num_workers": workers, **row}), file=sys.stderr)
     results = []
-    for workers in args.workers:
-        for name, fn in (
-            ("pipeline", ours),
-            ("pipeline_no_draft", partial(ours, draft=False)),  # what draft decoding buys
-            ("timm", timm_loader),
-        ):
-            row = fn(args.root, args.size, args.batch_size, workers, args.passes)
-            results.append({"loader": name, "num_workers": workers, **row})
-            print(json.dumps(results[-1]), flush=True, file=sys.stderr)
+    for (name, workers), rows in runs.items():
+        rates = [row["images_per_s"] for row in rows]
+        results.append(
+            {
+                "loader": name,
+                "num_workers": workers,
+                "images_per_s": statistics.median(rates),
+                "runs_images_per_s": rates,
+            }
+        )
     import timm
 
     report = {
@@ -129,6 +152,7 @@ def main() -> None:
         "img_size": args.size,
         "batch_size": args.batch_size,
         "passes": args.passes,
+        "repeats": args.repeats,
         "cpus": len(os.sched_getaffinity(0))
         if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
@@ -139,7 +163,7 @@ def main() -> None:
         "timm": timm.__version__,
         "results": results,
     }
-    print(json.dumps(report, indent=2))
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
