@@ -117,6 +117,19 @@ def test_ema_update_rule():
     assert not any(p.requires_grad for p in ema.module.parameters())
 
 
+def test_ema_averages_a_parameter_unfrozen_after_it_was_created():
+    # finetune=gradual unfreezes stages mid-run; from then on they must be averaged, not skipped.
+    model = nn.Linear(2, 2)
+    model.weight.requires_grad_(False)
+    ema = ModelEma(model, decay=0.5)
+    start = model.weight.detach().clone()
+    model.weight.requires_grad_(True)
+    with torch.no_grad():
+        model.weight.add_(2.0)
+    ema.update()
+    torch.testing.assert_close(ema.module.weight, start + 1.0)  # 0.5 * start + 0.5 * (start + 2)
+
+
 def test_fit_with_ema_validates_and_keeps_the_averaged_weights(tmp_path):
     images, labels = _toy_data(n=32)
     train = DataLoader(TensorDataset(images, labels), batch_size=8, shuffle=True)
