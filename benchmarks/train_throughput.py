@@ -7,12 +7,15 @@
   (c) pipeline: our full input path: JPEG decode + albumentations (`augment=light`) in
                 `ImageDataset` + `build_loader`, feeding `train_one_epoch`;
   (d) timm:     timm's own library loader (`create_dataset` + `create_loader`, its standard
-                train transform) feeding the plain step of (a).
+                train transform) feeding the plain step of (a);
+  (e) cached:   (c) with `data.cache_images=true`: the files decoded once, up front (not
+                timed), then augmentation only.
 
 Each configuration is timed `--repeats` times, interleaved (a, b, c, d, a, b, ...) so that
 drift on a shared machine hits all of them alike; the JSON reports the median img/s, all
 runs, the peak memory (CUDA: max allocated; CPU: peak resident set of this process, sampled,
-loader workers not included) and the ratios (b)/(a), (c)/(a), (d)/(a).
+loader workers not included) and the ratios (b)/(a), (c)/(a), (d)/(a), both as ratios of
+medians and as medians of each repeat's paired ratio.
 
     python benchmarks/train_throughput.py --device cpu --model resnet18 --img-size 64
     python benchmarks/train_throughput.py --device cuda --model resnet50 --img-size 224 \
@@ -36,6 +39,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
@@ -48,6 +52,7 @@ from pipeline.data import (  # noqa: E402
     ImageDataset,
     ImageSet,
     build_loader,
+    cache_in_memory,
     default_num_workers,
     scan_class_folders,
 )
@@ -80,7 +85,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="loader workers for (c) and (d)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="root/train/<class>/*.jpg")
-    p.add_argument("--only", default="abcd", help="subset of configurations, e.g. ab")
+    p.add_argument("--only", default="abcde", help="subset of configurations, e.g. ab")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     return p.parse_args(argv)
 
@@ -251,33 +256,41 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
 
     workers = default_num_workers() if args.workers is None else args.workers
     train_root = args.data / "train"
-    if ("c" in args.only or "d" in args.only) and not train_root.is_dir():
+    if any(c in args.only for c in "cde") and not train_root.is_dir():
         raise SystemExit(f"error: no image folder at {train_root} (pass --data)")
     # A small folder (ants/bees: 244 images) is listed several times over, so that every
     # batch is full (no odd last batch, no recompiles) even at GPU batch sizes. Every image
     # is still decoded from its file each time it is drawn.
-    if "c" in args.only or "d" in args.only:
+    if any(c in args.only for c in "cde"):
         images, _ = scan_class_folders(train_root)
         pool_repeat = max(1, math.ceil(8 * bs / len(images)))
-    if "c" in args.only:
-        images = ImageSet(
-            list(images.items) * pool_repeat,
-            np.tile(images.labels, pool_repeat),
-            images.class_names,
+    crop_pct = spec.crop_pct
+    decode_size = round(size / crop_pct)
+
+    def our_loader(source: ImageSet) -> DataLoader:
+        repeated = ImageSet(
+            list(source.items) * pool_repeat,
+            np.tile(source.labels, pool_repeat),
+            source.class_names,
         )
-        crop_pct = spec.crop_pct
         transform = build_train_transform(
             AugmentConfig(preset="light"), size, crop_pct, spec.interpolation
         )
-        loader = build_loader(
-            ImageDataset(images, transform, round(size / crop_pct)),
+        return build_loader(
+            ImageDataset(repeated, transform, decode_size),
             bs,
             train=True,
             num_workers=workers,
             seed=0,
             pin_memory=device.type == "cuda",
         )
-        runs["c_pipeline_jpeg"] = lambda n: run_ours(Take(loader, n))
+
+    if "c" in args.only:
+        jpeg_loader = our_loader(images)
+        runs["c_pipeline_jpeg"] = lambda n: run_ours(Take(jpeg_loader, n))
+    if "e" in args.only:  # data.cache_images=true: decoded once here, not timed
+        cached_loader = our_loader(cache_in_memory(images, decode_size))
+        runs["e_pipeline_cached"] = lambda n: run_ours(Take(cached_loader, n))
     if "d" in args.only:
         from timm.data import create_dataset, create_loader
 
@@ -307,7 +320,7 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
 
         runs["d_timm_loader_jpeg"] = run_timm
 
-    keep = {"a": "a_plain", "b": "b_step", "c": "c_pipeline", "d": "d_timm"}
+    keep = {"a": "a_plain", "b": "b_step", "c": "c_pipeline", "d": "d_timm", "e": "e_pipeline"}
     wanted = tuple(keep[k] for k in args.only)
     return (
         {name: run for name, run in runs.items() if name.startswith(wanted)},
@@ -362,6 +375,18 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "ratios": {
             f"{name[0]}/a": round(median[name] / upper, 3)
+            for name in runs
+            if upper and not name.startswith("a_")
+        },
+        # Each repeat's rate over the (a) run right before it, median over repeats: drift
+        # slower than one round cancels out, which the ratio of medians does not do.
+        "paired_ratios": {
+            f"{name[0]}/a": round(
+                statistics.median(
+                    r / a for r, a in zip(samples[name], samples["a_plain_synthetic"], strict=True)
+                ),
+                3,
+            )
             for name in runs
             if upper and not name.startswith("a_")
         },

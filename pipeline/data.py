@@ -47,6 +47,9 @@ class DataConfig:
     on_bad_image: str = "skip"  # skip | error
     kfold: int = 0  # K >= 2: K-fold cross-validation over train+val; the test split stays out
     sampler: str = "shuffle"  # shuffle | weighted (classes drawn equally often, with replacement)
+    # Decode every image file once and keep the uint8 arrays in RAM: later epochs skip JPEG
+    # decoding, which is most of the loader's work. For datasets that fit in memory.
+    cache_images: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in SOURCES:
@@ -239,6 +242,61 @@ def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list
     return images.subset(np.asarray(keep, dtype=np.int64)), bad
 
 
+def _decoded_bytes(path: str, min_size: int | None) -> int:
+    """What read_rgb(path, min_size) will hold, from the header alone (draft sets the size)."""
+    with Image.open(path) as img:
+        if min_size and img.format == "JPEG":
+            img.draft("RGB", (min_size, min_size))
+        return img.width * img.height * 3
+
+
+def available_memory_bytes() -> int | None:
+    """Linux's MemAvailable (free memory plus the page cache it can drop); None elsewhere."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def load_image(path: str, decode_size: int | None) -> np.ndarray:
+    try:
+        return read_rgb(path, decode_size)
+    except BAD_IMAGE_ERRORS as exc:  # changed on disk after the scan
+        raise DataError(f"cannot decode image {path}: {exc}") from exc
+
+
+def cache_in_memory(
+    images: ImageSet, decode_size: int | None, available_bytes: int | None = None
+) -> ImageSet:
+    """The same images with every file decoded once into a uint8 array (ids keep the paths).
+
+    The arrays are exactly what ImageDataset decodes each epoch (same draft scale), so
+    training sees the same pixels, minus the decoding. Loader workers forked afterwards share
+    them copy-on-write. Refuses, before decoding, when they would need more than half of the
+    available memory.
+    """
+    paths = [item for item in images.items if isinstance(item, str)]
+    if not paths:
+        return images
+    # Threads: PIL releases the GIL while it reads headers and decodes.
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        needed = sum(pool.map(lambda p: _decoded_bytes(p, decode_size), paths, chunksize=64))
+        available = available_memory_bytes() if available_bytes is None else available_bytes
+        if available is not None and needed > available // 2:
+            raise DataError(
+                f"data.cache_images=true needs {needed / 2**30:.1f} GiB for {len(paths)} images "
+                f"but {available / 2**30:.1f} GiB is free: set data.cache_images=false"
+            )
+        arrays = iter(pool.map(lambda p: load_image(p, decode_size), paths, chunksize=16))
+        items = [next(arrays) if isinstance(item, str) else item for item in images.items]
+    log.info("cached %d decoded images in memory (%.0f MiB)", len(paths), needed / 2**20)
+    return ImageSet(items, images.labels, images.class_names, images.ids)
+
+
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split indices into len(fractions)+1 parts, stratified by label, deterministic in seed.
 
@@ -350,13 +408,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item = self.images.items[index]
-        if isinstance(item, str):
-            try:
-                image = read_rgb(item, self.decode_size)
-            except BAD_IMAGE_ERRORS as exc:  # changed on disk after the scan
-                raise DataError(f"cannot decode image {item}: {exc}") from exc
-        else:
-            image = item
+        image = load_image(item, self.decode_size) if isinstance(item, str) else item
         image = self.transform(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(image)), int(self.images.labels[index])
 

@@ -18,7 +18,7 @@ def _load(name: str):
 
 
 @pytest.mark.slow
-def test_train_throughput_reports_all_four_configurations(tmp_path):
+def test_train_throughput_reports_all_five_configurations(tmp_path):
     root = tmp_path / "images"
     write_image_folder(root / "train", classes=("ants", "bees"), per_class=6, size=40)
     out = tmp_path / "throughput.json"
@@ -41,13 +41,40 @@ def test_train_throughput_reports_all_four_configurations(tmp_path):
         "b_step_synthetic",
         "c_pipeline_jpeg",
         "d_timm_loader_jpeg",
+        "e_pipeline_cached",
     }
     for result in report["results"].values():
         assert result["img_per_s"] > 0 and result["peak_mem_mb"] > 0
-    assert set(report["ratios"]) == {"b/a", "c/a", "d/a"}
+    assert set(report["ratios"]) == set(report["paired_ratios"]) == {"b/a", "c/a", "d/a", "e/a"}
     assert report["ratios"]["b/a"] == pytest.approx(
         report["results"]["b_step_synthetic"]["img_per_s"]
         / report["results"]["a_plain_synthetic"]["img_per_s"],
         rel=0.01,
     )
     assert out.read_text().startswith("{")
+
+
+def test_dataloader_benchmark_compares_loaders_on_the_same_files(tmp_path):
+    root = write_image_folder(tmp_path / "images" / "train", classes=("ants", "bees"), size=40)
+    report = _load("dataloader").main(
+        [
+            str(tmp_path / "images"),
+            "--size=32",
+            "--batch-size=4",
+            "--workers=0",
+            "--passes=1",
+            "--repeats=2",
+            "--loaders",
+            "pipeline",
+            "pipeline_cached",
+            f"--out={tmp_path / 'loader.json'}",
+        ]
+    )
+    assert report["folder"] == str(root)
+    assert [(r["loader"], r["num_workers"]) for r in report["results"]] == [
+        ("pipeline", 0),
+        ("pipeline_cached", 0),
+    ]
+    for row in report["results"]:
+        assert len(row["runs_images_per_s"]) == 2 and row["images_per_s"] > 0
+    assert (tmp_path / "loader.json").is_file()

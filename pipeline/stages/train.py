@@ -17,7 +17,14 @@ from pipeline import distributed
 from pipeline.augment import build_eval_transform, build_train_transform
 from pipeline.backbone import InputSpec, check_model_name
 from pipeline.config import RunConfig
-from pipeline.data import DeviceNormalize, ImageDataset, Splits, build_loader, build_splits
+from pipeline.data import (
+    DeviceNormalize,
+    ImageDataset,
+    Splits,
+    build_loader,
+    build_splits,
+    cache_in_memory,
+)
 from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
 from pipeline.errors import TrainingError
@@ -130,10 +137,12 @@ def _build_loaders(
     """train/val/test loaders; under torchrun each rank gets its shard."""
     num_classes = len(splits.class_names)
     eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
+    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
+    if cfg.data.cache_images:
+        parts = {name: cache_in_memory(images, decode) for name, images in parts.items()}
     datasets = {
-        "train": ImageDataset(splits.train, train_tf, decode),
-        "val": ImageDataset(splits.val, eval_tf, decode),
-        "test": ImageDataset(splits.test, eval_tf, decode),
+        name: ImageDataset(images, train_tf if name == "train" else eval_tf, decode)
+        for name, images in parts.items()
     }
     weighted = cfg.data.sampler == "weighted"
     return {
