@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import timm
 import torch
+from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from pipeline.errors import ConfigError
@@ -75,6 +76,7 @@ def create_backbone(
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     # pretrained=False: weights are resolved and loaded here, so timm never retries a hub.
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
+    use_fast_pooling(model)
     if cfg.pretrained:
         state, info = resolve_pretrained(cfg.name, model, cfg.weights, allow_hub=cfg.allow_hub)
         load_backbone_state(model, state)
@@ -108,3 +110,26 @@ def feature_dim(model: nn.Module, img_size: int) -> int:
         )
     finally:
         model.train(was_training)
+
+
+def use_fast_pooling(model: nn.Module) -> int:
+    """Swap timm's global pooling to its `fast` variants (mean / amax over H, W); returns
+    how many were swapped.
+
+    Same values, but `nn.AdaptiveAvgPool2d` and `nn.AdaptiveMaxPool2d` have no deterministic
+    CUDA backward, so `train.deterministic=true` would stop at the first backward pass on a
+    GPU; `mean` and `amax` are deterministic (and channels_last-friendly).
+    """
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if (
+                isinstance(child, SelectAdaptivePool2d)
+                and child.pool_type in ("avg", "max", "avgmax", "catavgmax")
+                and getattr(child.pool, "output_size", None) in (1, (1, 1))
+            ):
+                flatten = isinstance(child.flatten, nn.Flatten)
+                fast = SelectAdaptivePool2d(pool_type="fast" + child.pool_type, flatten=flatten)
+                setattr(parent, name, fast)
+                swapped += 1
+    return swapped

@@ -386,9 +386,10 @@ def fit(
         if amp_dtype == torch.float16 and batches.device.type == "cuda"
         else None
     )
-    # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size;
+    # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size,
+    # unless train.deterministic asked for repeatable kernels (autotuning picks by timing);
     # the EMA copy is taken before compiling, and it is what validation and checkpoints see.
-    if batches.device.type == "cuda":
+    if batches.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True
     ema = ModelEma(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay else None
     if cfg.compile:

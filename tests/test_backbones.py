@@ -8,7 +8,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from pipeline.backbone import BackboneConfig, create_backbone
+from pipeline.backbone import BackboneConfig, create_backbone, use_fast_pooling
 from pipeline.config import compose
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.model import build_model
@@ -162,3 +162,24 @@ def test_download_fills_the_hf_cache_and_later_runs_read_it_offline(monkeypatch,
     monkeypatch.setattr("pipeline.weights.hub_reachable", lambda: False)
     cached = run_download(cfg)
     assert cached.source == "hf-cache" and cached.sha256 == info.sha256 and len(calls) == 1
+
+
+@pytest.mark.parametrize("pool", ["avg", "max", "avgmax", "catavgmax"])
+def test_global_pooling_is_timms_fast_variant_with_the_same_values(pool):
+    # nn.AdaptiveAvgPool2d / AdaptiveMaxPool2d have no deterministic CUDA backward, so
+    # train.deterministic=true on a GPU needs the mean / amax versions.
+    reference = timm.create_model("test_resnet", num_classes=0, global_pool=pool).eval()
+    backbone, _, _ = create_backbone(
+        BackboneConfig(name="test_resnet", pretrained=False), global_pool=pool
+    )
+    backbone.load_state_dict(reference.state_dict())
+    adaptive = (torch.nn.AdaptiveAvgPool2d, torch.nn.AdaptiveMaxPool2d)
+    assert not any(isinstance(m, adaptive) for m in backbone.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone.eval()(x), reference(x))
+
+
+def test_models_without_timm_pooling_modules_are_left_alone():
+    vit = timm.create_model("test_vit", num_classes=0, global_pool="avg")
+    assert use_fast_pooling(vit) == 0

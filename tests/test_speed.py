@@ -18,6 +18,7 @@ from pipeline.data import DeviceNormalize, build_loader
 from pipeline.ema import ModelEma
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureLoader
+from pipeline.repro import set_deterministic
 from pipeline.sched import SchedConfig, build_schedule
 from pipeline.stages import run_train
 from pipeline.train import (
@@ -268,6 +269,29 @@ def test_cuda_autocast_step_runs_in_low_precision_and_channels_last(tmp_path, am
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
     assert torch.isfinite(torch.tensor(result.history[0]["train/loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, model.head.parameters(), strict=True))
+
+
+@pytest.mark.gpu
+def test_cuda_deterministic_run_trains_without_autotuning(tmp_path):
+    # Each backward op needs a deterministic CUDA kernel (the global pooling's too).
+    model, loader, batches, cfg = _cuda_setup(amp="off")
+    set_deterministic(True)
+    try:
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+        result = fit(
+            model,
+            loader,
+            loader,
+            optimizer,
+            build_schedule(optimizer, CONSTANT_LR, 1, 4),
+            cfg,
+            batches,
+            tmp_path,
+        )
+        assert not torch.backends.cudnn.benchmark  # autotuning picks kernels by timing
+        assert torch.isfinite(torch.tensor(result.history[0]["train/loss"]))
+    finally:
+        set_deterministic(False)
 
 
 @pytest.mark.gpu
