@@ -21,7 +21,7 @@ RUN_ID = re.compile(r"[0-9a-f]{32}")
 
 @dataclass
 class ResumePoint:
-    state: dict  # the last.pt payload (see pipeline.train.training_state)
+    state: dict  # the last.pt payload (see pipeline.train.TrainingParts)
     checkpoint_dir: Path  # where last.pt and best.pt live, and keep being written
     run_id: str | None  # the MLflow run to continue; None: the old run was not tracked
 

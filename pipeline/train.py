@@ -332,29 +332,48 @@ class FitResult:
     train_seconds: float
 
 
-def training_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    scaler: torch.amp.GradScaler | None,
-    stopper: EarlyStopping,
-    train_loader: DataLoader,
-    epoch: int,
-    history: list[dict[str, float]],
-    ema: ModelEma | None = None,
-) -> dict:
-    """Everything needed to continue after `epoch` exactly as if never stopped (last.pt)."""
-    return {
-        "model": distributed.unwrap(model).state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-        "scaler": scaler.state_dict() if scaler is not None else None,
-        "ema": ema.module.state_dict() if ema is not None else None,
-        "early_stopping": stopper.state_dict(),
-        "rng": rng_state(train_loader),
-        "epoch": epoch,
-        "history": history,
-    }
+@dataclass
+class TrainingParts:
+    """Everything `last.pt` holds besides the epoch and the history: saved and restored here,
+    so that a resumed run continues exactly as if it had never stopped."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    scaler: torch.amp.GradScaler | None
+    stopper: EarlyStopping
+    train_loader: DataLoader
+    ema: ModelEma | None = None
+
+    def state_dict(self, epoch: int, history: list[dict[str, float]]) -> dict:
+        return {
+            "model": distributed.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "early_stopping": self.stopper.state_dict(),
+            "rng": rng_state(self.train_loader),
+            "epoch": epoch,
+            "history": history,
+        }
+
+    def load_state_dict(self, state: dict) -> int:
+        """Returns the epoch to start from."""
+        distributed.unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.stopper.load_state_dict(state["early_stopping"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.module.load_state_dict(state["ema"])
+        load_rng_state(state["rng"], self.train_loader)
+        if self.stopper.should_stop:
+            raise TrainingError(
+                f"nothing to resume: the run stopped early after epoch {state['epoch'] + 1}"
+            )
+        return state["epoch"] + 1
 
 
 def fit(
@@ -402,10 +421,9 @@ def fit(
     main = distributed.is_main()  # only rank 0 writes checkpoints
     history: list[dict[str, float]] = []
     start_epoch = 0
+    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, train_loader, ema)
     if resume is not None:
-        start_epoch = _restore(
-            resume, model, optimizer, schedule, scaler, stopper, train_loader, ema
-        )
+        start_epoch = parts.load_state_dict(resume)
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
     start = time.perf_counter()
@@ -413,7 +431,7 @@ def fit(
         tic = time.perf_counter()
         rebuilt = on_epoch_start(epoch) if on_epoch_start else None
         if rebuilt:
-            optimizer, schedule = rebuilt
+            optimizer, schedule = parts.optimizer, parts.schedule = rebuilt
         distributed.set_epoch(train_loader, epoch)
         train = train_one_epoch(
             model,
@@ -476,9 +494,7 @@ def fit(
         # After the epoch's metrics are logged: an interrupt before this line redoes the epoch
         # on resume (and re-logs its step) rather than leaving a gap in the metric history.
         if main:
-            state = training_state(
-                model, optimizer, schedule, scaler, stopper, train_loader, epoch, history, ema
-            )
+            state = parts.state_dict(epoch, history)
             save_atomic({**state, **(checkpoint_extra or {})}, last_path)
         if stopper.should_stop:
             log.info(
@@ -504,30 +520,3 @@ def fit(
         best_checkpoint=best_path if best_path.exists() else None,
         train_seconds=time.perf_counter() - start,
     )
-
-
-def _restore(
-    state: dict,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    schedule: Schedule,
-    scaler: torch.amp.GradScaler | None,
-    stopper: EarlyStopping,
-    train_loader: DataLoader,
-    ema: ModelEma | None = None,
-) -> int:
-    """Load a `training_state` dict; returns the epoch to start from."""
-    distributed.unwrap(model).load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    stopper.load_state_dict(state["early_stopping"])
-    if ema is not None and state.get("ema") is not None:
-        ema.module.load_state_dict(state["ema"])
-    load_rng_state(state["rng"], train_loader)
-    if stopper.should_stop:
-        raise TrainingError(
-            f"nothing to resume: the run stopped early after epoch {state['epoch'] + 1}"
-        )
-    return state["epoch"] + 1

@@ -238,6 +238,12 @@ def _cuda_setup(amp="auto", **train):
     return model, loader, batches, cfg
 
 
+def _fit_one_epoch(model, loader, batches, optimizer, cfg, tmp_path):
+    """fit() on the toy loader, which also validates on it (4 steps, constant LR)."""
+    schedule = build_schedule(optimizer, CONSTANT_LR, 1, len(loader))
+    return fit(model, loader, loader, optimizer, schedule, cfg, batches, tmp_path)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(("amp", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_cuda_autocast_step_runs_in_low_precision_and_channels_last(tmp_path, amp, dtype):
@@ -254,16 +260,7 @@ def test_cuda_autocast_step_runs_in_low_precision_and_channels_last(tmp_path, am
     )
     before = [p.detach().clone() for p in model.head.parameters()]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    result = fit(
-        model,
-        loader,
-        loader,
-        optimizer,
-        build_schedule(optimizer, CONSTANT_LR, 1, 4),
-        cfg,
-        batches,
-        tmp_path,
-    )
+    result = _fit_one_epoch(model, loader, batches, optimizer, cfg, tmp_path)
     assert seen == {"input_channels_last": True, "conv_dtype": dtype}
     assert torch.backends.cudnn.benchmark
     assert all(p.dtype == torch.float32 for p in model.parameters())  # master weights stay fp32
@@ -278,16 +275,7 @@ def test_cuda_deterministic_run_trains_without_autotuning(tmp_path):
     set_deterministic(True)
     try:
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-        result = fit(
-            model,
-            loader,
-            loader,
-            optimizer,
-            build_schedule(optimizer, CONSTANT_LR, 1, 4),
-            cfg,
-            batches,
-            tmp_path,
-        )
+        result = _fit_one_epoch(model, loader, batches, optimizer, cfg, tmp_path)
         assert not torch.backends.cudnn.benchmark  # autotuning picks kernels by timing
         assert torch.isfinite(torch.tensor(result.history[0]["train/loss"]))
     finally:
@@ -308,16 +296,7 @@ def test_cuda_batches_are_channels_last_float_on_device():
 def test_cuda_compile_path_trains_and_checkpoints_plain_keys(tmp_path):
     model, loader, batches, cfg = _cuda_setup(compile=True, ema_decay=0.9)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    result = fit(
-        model,
-        loader,
-        loader,
-        optimizer,
-        build_schedule(optimizer, CONSTANT_LR, 1, 4),
-        cfg,
-        batches,
-        tmp_path,
-    )
+    result = _fit_one_epoch(model, loader, batches, optimizer, cfg, tmp_path)
     assert getattr(model, "_compiled_call_impl", None) is not None
     assert torch.isfinite(torch.tensor(result.history[0]["val/loss"]))
     keys = load_checkpoint(result.best_checkpoint)["model"].keys()
