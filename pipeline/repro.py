@@ -99,7 +99,9 @@ def load_rng_state(state: dict, loader: Any = None) -> None:
     np.random.set_state(np_state)
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # The saving job may have seen more GPUs than this one (8-GPU node -> 1 GPU).
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
     generator = getattr(loader, "generator", None)
     if generator is not None and "loader" in state:
         generator.set_state(state["loader"])

@@ -132,7 +132,11 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
         return None
     if amp == "fp16":
         return torch.float16
-    if amp == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+    # including_emulation=False: pre-Ampere GPUs "support" bf16 only by emulation (slow);
+    # they get fp16 with a grad scaler instead.
+    if amp == "bf16" or (
+        device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
         return torch.bfloat16
     return torch.float16
 
@@ -408,8 +412,12 @@ def fit(
     # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size,
     # unless train.deterministic asked for repeatable kernels (autotuning picks by timing);
     # the EMA copy is taken before compiling, and it is what validation and checkpoints see.
-    if batches.device.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
-        torch.backends.cudnn.benchmark = True
+    if batches.device.type == "cuda":
+        if not torch.are_deterministic_algorithms_enabled():
+            torch.backends.cudnn.benchmark = True
+        # TF32 tensor cores for whatever runs in fp32 (amp=off, or ops autocast keeps fp32).
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     ema = ModelEma(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay else None
     if cfg.compile:
         model.compile()
@@ -423,6 +431,11 @@ def fit(
     start_epoch = 0
     parts = TrainingParts(model, optimizer, schedule, scaler, stopper, train_loader, ema)
     if resume is not None:
+        # A strategy that unfreezes as it goes (gradual, linear_then_full) saved an optimizer
+        # over the parameters trainable at the saved epoch: rebuild that one before loading.
+        rebuilt = on_epoch_start(resume["epoch"]) if on_epoch_start else None
+        if rebuilt:
+            optimizer, schedule = parts.optimizer, parts.schedule = rebuilt
         start_epoch = parts.load_state_dict(resume)
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)

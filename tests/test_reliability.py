@@ -35,6 +35,7 @@ def folder_cfg(tiny_cfg, image_folder):
             "head.dropout=0.3",
             "train.epochs=2",
             "train.early_stopping.patience=10",
+            "train.device=cpu",  # "exact" below holds on CPU; a GPU box would pick CUDA
             *extra,
         )
 
@@ -106,6 +107,33 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(
 
 
 @pytest.mark.slow  # two short trainings
+@pytest.mark.parametrize("strategy", ["gradual", "linear_then_full"])
+def test_resume_after_a_strategy_unfroze_layers_equals_an_uninterrupted_run(
+    folder_cfg, tmp_path, monkeypatch, strategy
+):
+    # The saved optimizer covers the layers trainable at the saved epoch, not at epoch 0.
+    extra = (
+        "backbone.name=test_resnet",
+        f"finetune={strategy}",
+        "finetune.unfreeze_every=1",
+        "finetune.head_epochs=1",
+        "train.epochs=3",
+        "tracking.enabled=false",
+    )
+    full = run_train(folder_cfg(*extra), tmp_path / "full")
+    _interrupt_on_call(monkeypatch, 3, _raise(KeyboardInterrupt()))
+    with pytest.raises(Interrupted):
+        run_train(folder_cfg(*extra), tmp_path / "cut")
+    monkeypatch.undo()
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["epoch"] == 1  # after the first unfreeze
+    resumed = run_train(folder_cfg(*extra, f"train.resume={last}"), tmp_path / "resumed")
+    assert resumed.test_metrics == full.test_metrics
+    assert [h["train/loss"] for h in resumed.fit.history] == [
+        h["train/loss"] for h in full.fit.history
+    ]
+
+
 def test_sigterm_marks_killed_keeps_checkpoint_and_resumes_from_artifacts(
     folder_cfg, mlflow_uri, tmp_path, monkeypatch
 ):

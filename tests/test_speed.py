@@ -299,7 +299,8 @@ def test_cuda_compile_path_trains_and_checkpoints_plain_keys(tmp_path):
     result = _fit_one_epoch(model, loader, batches, optimizer, cfg, tmp_path)
     assert getattr(model, "_compiled_call_impl", None) is not None
     assert torch.isfinite(torch.tensor(result.history[0]["val/loss"]))
-    keys = load_checkpoint(result.best_checkpoint)["model"].keys()
+    # last.pt holds the compiled training model (best.pt holds the EMA copy, never compiled).
+    keys = load_checkpoint(tmp_path / "last.pt")["model"].keys()
     assert not any("_orig_mod" in k for k in keys) and "head.0.weight" in keys
 
 
