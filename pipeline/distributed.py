@@ -128,6 +128,11 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: 
     )
 
 
+def rewrap(model: DistributedDataParallel) -> DistributedDataParallel:
+    """A new DDP wrapper over the same module, registering the parameters trainable now."""
+    return DistributedDataParallel(model.module, device_ids=model.device_ids)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 

@@ -379,6 +379,18 @@ class TrainingParts:
             )
         return state["epoch"] + 1
 
+    def adopt(self, rebuilt: tuple[torch.optim.Optimizer, Schedule], compile_model: bool) -> None:
+        """Take the (optimizer, schedule) a fine-tuning strategy rebuilt after unfreezing.
+
+        DDP registers the parameters that need gradients when it wraps a model, so wrap it
+        again: otherwise the gradients of the layers just unfrozen are never averaged across
+        ranks, and each rank's copy of them drifts apart."""
+        self.optimizer, self.schedule = rebuilt
+        if isinstance(self.model, distributed.DistributedDataParallel):
+            self.model = distributed.rewrap(self.model)
+            if compile_model:
+                self.model.compile()
+
 
 def fit(
     model: nn.Module,
@@ -421,7 +433,6 @@ def fit(
     ema = ModelEma(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay else None
     if cfg.compile:
         model.compile()
-    eval_model = ema.module if ema is not None else model
     stopper = EarlyStopping(cfg.early_stopping)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     best_path = checkpoint_dir / "best.pt"
@@ -435,7 +446,8 @@ def fit(
         # over the parameters trainable at the saved epoch: rebuild that one before loading.
         rebuilt = on_epoch_start(resume["epoch"]) if on_epoch_start else None
         if rebuilt:
-            optimizer, schedule = parts.optimizer, parts.schedule = rebuilt
+            parts.adopt(rebuilt, cfg.compile)
+            model, optimizer, schedule = parts.model, parts.optimizer, parts.schedule
         start_epoch = parts.load_state_dict(resume)
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
@@ -444,7 +456,9 @@ def fit(
         tic = time.perf_counter()
         rebuilt = on_epoch_start(epoch) if on_epoch_start else None
         if rebuilt:
-            optimizer, schedule = parts.optimizer, parts.schedule = rebuilt
+            parts.adopt(rebuilt, cfg.compile)
+            model, optimizer, schedule = parts.model, parts.optimizer, parts.schedule
+        eval_model = ema.module if ema is not None else model
         distributed.set_epoch(train_loader, epoch)
         train = train_one_epoch(
             model,

@@ -13,6 +13,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 from pipeline import distributed
 from pipeline.data import DeviceNormalize, build_loader
 from pipeline.errors import ConfigError
+from pipeline.optim import transfer_state
 from pipeline.sched import SchedConfig, build_schedule
 from pipeline.train import Batches, EarlyStoppingConfig, TrainConfig, fit
 
@@ -32,8 +33,11 @@ def _data() -> tuple[TensorDataset, TensorDataset]:
     )
 
 
-def _train(rank: int, world_size: int, port: int, batch_size: int, out: str) -> None:
-    """One rank of a run (or the only process when world_size=1)."""
+def _train(
+    rank: int, world_size: int, port: int, batch_size: int, out: str, unfreeze: bool = False
+) -> None:
+    """One rank of a run (or the only process when world_size=1). `unfreeze`: the first
+    layer starts frozen and is unfrozen at epoch 2, as finetune=gradual does."""
     if world_size > 1:
         os.environ.update(
             MASTER_ADDR="127.0.0.1",
@@ -62,8 +66,20 @@ def _train(rank: int, world_size: int, port: int, batch_size: int, out: str) -> 
         seed=0,
         sampler=distributed.shard_sampler(val_set, info, train=False, seed=0),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    model[1].requires_grad_(not unfreeze)
+    optimizer = torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9
+    )
     schedule = build_schedule(optimizer, SchedConfig(name="cosine"), EPOCHS, len(train))
+
+    def unfreeze_first_layer(epoch: int):
+        if epoch != 1:
+            return None
+        model[1].requires_grad_(True)
+        new = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+        transfer_state(optimizer, new)
+        return new, schedule.rebind(new)
+
     cpu = torch.device("cpu")
     batches = Batches(DeviceNormalize((0.5,) * 3, (0.25,) * 3), cpu, False)
     cfg = TrainConfig(epochs=EPOCHS, device="cpu", early_stopping=EarlyStoppingConfig(patience=10))
@@ -76,6 +92,7 @@ def _train(rank: int, world_size: int, port: int, batch_size: int, out: str) -> 
         cfg,
         batches,
         checkpoint_dir=checkpoints,
+        on_epoch_start=unfreeze_first_layer if unfreeze else None,
     )
     try:  # SyncBatchNorm is GPU-only: on CPU the option fails with one line
         distributed.wrap_model(nn.Sequential(nn.BatchNorm1d(4)), info, cpu, sync_bn=True)
@@ -91,7 +108,7 @@ def _train(rank: int, world_size: int, port: int, batch_size: int, out: str) -> 
                 "rank0_checkpoints": sorted(p.name for p in checkpoints.iterdir()),
                 "rank1_checkpoints_exist": (Path(out) / f"ckpt-{world_size}-1").exists(),
             },
-            Path(out) / f"world{world_size}.pt",
+            Path(out) / f"world{world_size}{'-unfreeze' if unfreeze else ''}.pt",
         )
     distributed.cleanup()
 
@@ -172,3 +189,20 @@ def test_torchrun_two_ranks_log_one_run_from_rank_zero(image_folder, mlflow_uri,
     assert runs[0].data.params["world_size"] == "2"
     assert 0 <= runs[0].data.metrics["test/acc"] <= 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.slow
+def test_layers_unfrozen_mid_run_are_averaged_across_ranks(tmp_path):
+    # DDP only averages the parameters that were trainable when it wrapped the model.
+    _train(0, 1, 0, 64, str(tmp_path), True)
+    mp.spawn(_train, args=(2, _free_port(), 32, str(tmp_path), True), nprocs=2, join=True)
+    single = torch.load(tmp_path / "world1-unfreeze.pt", weights_only=True)
+    ddp = torch.load(tmp_path / "world2-unfreeze.pt", weights_only=True)
+    assert not torch.equal(single["state"]["1.weight"], _initial_first_layer())  # it trained
+    for name, value in single["state"].items():
+        torch.testing.assert_close(ddp["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _initial_first_layer() -> torch.Tensor:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(192, 32))[1].weight.detach()
