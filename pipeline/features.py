@@ -23,12 +23,21 @@ from pipeline.model import Classifier
 from pipeline.train import Batches, autocast
 
 
-def check_cache_features(cache_features: bool, strategy: str, augment_preset: str) -> None:
+def check_cache_features(
+    cache_features: bool, strategy: str, augment_preset: str, world_size: int = 1
+) -> None:
     """Caching is exact only when the backbone and its input are the same every epoch."""
     if cache_features and (strategy != "frozen" or augment_preset != "none"):
         raise ConfigError(
             "train.cache_features=true needs finetune=frozen and augment=none "
             f"(got finetune={strategy}, augment={augment_preset})"
+        )
+    if cache_features and world_size > 1:
+        # Every rank would extract and train on the whole set, unsynchronised: N times the
+        # work for one head, which one process trains in seconds anyway.
+        raise ConfigError(
+            f"train.cache_features=true trains the head in one process, not {world_size}: "
+            "run it without torchrun"
         )
 
 
@@ -85,8 +94,13 @@ class FeatureLoader:
         return len(self._index_batches)
 
     def __iter__(self):
-        for index in self._index_batches:
-            index = index.to(self.features.device)
+        batches = list(self._index_batches)  # the epoch's order, drawn up front
+        if not batches:
+            return
+        # One host-to-device copy per epoch: a copy from pageable memory per batch would
+        # wait for the GPU to finish each step first.
+        on_device = torch.cat(batches).to(self.features.device)
+        for index in on_device.split([len(b) for b in batches]):
             yield self.features[index], self.labels[index]
 
 

@@ -17,7 +17,7 @@ from pipeline.config import compose
 from pipeline.data import DeviceNormalize, build_loader
 from pipeline.ema import ModelEma
 from pipeline.errors import ConfigError
-from pipeline.features import FeatureLoader
+from pipeline.features import FeatureLoader, check_cache_features
 from pipeline.repro import set_deterministic
 from pipeline.sched import SchedConfig, build_schedule
 from pipeline.stages import run_train
@@ -181,6 +181,8 @@ def test_cache_features_needs_frozen_backbone_without_augmentation():
         compose(["train.cache_features=true", "finetune=full", "augment=none"])
     with pytest.raises(ConfigError, match="augment=none"):
         compose(["train.cache_features=true", "finetune=frozen", "augment=light"])
+    with pytest.raises(ConfigError, match="in one process, not 2: run it without torchrun"):
+        check_cache_features(True, "frozen", "none", world_size=2)
 
 
 def test_cached_features_train_the_same_head_as_images(

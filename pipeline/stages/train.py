@@ -28,7 +28,7 @@ from pipeline.data import (
 from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
 from pipeline.errors import TrainingError
-from pipeline.features import cached_feature_loaders
+from pipeline.features import cached_feature_loaders, check_cache_features
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
@@ -205,6 +205,12 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     check_model_name(cfg.backbone.name)  # a typo fails here, before any data is read
     dist_info = distributed.init_distributed(cfg.train.device)
+    check_cache_features(
+        cfg.train.cache_features,
+        cfg.finetune.strategy,
+        cfg.augment.preset,
+        dist_info.world_size,
+    )
     main = dist_info.is_main
     if not main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
