@@ -79,7 +79,8 @@ class FeatureLoader:
     ):
         self.features, self.labels = features, labels
         indices = torch.arange(len(labels))
-        generator = torch.Generator().manual_seed(seed)
+        # `generator` is saved in last.pt like an image loader's (pipeline.repro.rng_state).
+        self.generator = generator = torch.Generator().manual_seed(seed)
         order = RandomSampler(indices, generator=generator) if train else SequentialSampler(indices)
         drop_last = train and len(indices) > batch_size
         # batch_size=None: the "dataset" is the index tensor, indexed by a whole batch at once.

@@ -36,6 +36,13 @@ class MixBatch:
         self.switch_prob = switch_prob
         self.rng = np.random.default_rng(seed)
 
+    def state_dict(self) -> dict:
+        """The generator's position, so a resumed run mixes its batches as it would have."""
+        return self.rng.bit_generator.state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
     def _draw(self) -> tuple[str, float]:
         if self.rng.random() >= self.prob:
             return "none", 1.0

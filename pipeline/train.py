@@ -348,9 +348,12 @@ class TrainingParts:
     stopper: EarlyStopping
     train_loader: DataLoader
     ema: ModelEma | None = None
+    batch_transform: Callable | None = None  # e.g. MixBatch, whose generator is saved too
 
     def state_dict(self, epoch: int, history: list[dict[str, float]]) -> dict:
+        mix = getattr(self.batch_transform, "state_dict", None)
         return {
+            "mix": mix() if mix else None,
             "model": distributed.unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
@@ -373,6 +376,8 @@ class TrainingParts:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         load_rng_state(state["rng"], self.train_loader)
+        if state.get("mix") is not None and hasattr(self.batch_transform, "load_state_dict"):
+            self.batch_transform.load_state_dict(state["mix"])
         if self.stopper.should_stop:
             raise TrainingError(
                 f"nothing to resume: the run stopped early after epoch {state['epoch'] + 1}"
@@ -440,7 +445,9 @@ def fit(
     main = distributed.is_main()  # only rank 0 writes checkpoints
     history: list[dict[str, float]] = []
     start_epoch = 0
-    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, train_loader, ema)
+    parts = TrainingParts(
+        model, optimizer, schedule, scaler, stopper, train_loader, ema, batch_transform
+    )
     if resume is not None:
         # A strategy that unfreezes as it goes (gradual, linear_then_full) saved an optimizer
         # over the parameters trainable at the saved epoch: rebuild that one before loading.

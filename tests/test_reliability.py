@@ -134,6 +134,31 @@ def test_resume_after_a_strategy_unfroze_layers_equals_an_uninterrupted_run(
     ]
 
 
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("augment.mixup_alpha=0.4", "augment.cutmix_alpha=1.0"),  # the mixing generator
+        ("finetune=frozen", "augment=none", "train.cache_features=true"),  # feature shuffling
+    ],
+    ids=["mixup", "cached_features"],
+)
+def test_resume_repeats_the_random_draws_of_mixing_and_cached_features(
+    folder_cfg, tmp_path, monkeypatch, extra
+):
+    extra = (*extra, "train.epochs=3", "tracking.enabled=false")
+    full = run_train(folder_cfg(*extra), tmp_path / "full")
+    _interrupt_on_call(monkeypatch, 2, _raise(KeyboardInterrupt()))
+    with pytest.raises(Interrupted):
+        run_train(folder_cfg(*extra), tmp_path / "cut")
+    monkeypatch.undo()
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    resumed = run_train(folder_cfg(*extra, f"train.resume={last}"), tmp_path / "resumed")
+    assert [h["train/loss"] for h in resumed.fit.history] == [
+        h["train/loss"] for h in full.fit.history
+    ]
+    assert resumed.test_metrics == full.test_metrics
+
+
 def test_sigterm_marks_killed_keeps_checkpoint_and_resumes_from_artifacts(
     folder_cfg, mlflow_uri, tmp_path, monkeypatch
 ):
