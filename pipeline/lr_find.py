@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.errors import ConfigError
-from pipeline.train import Batches, autocast
+from pipeline.train import Batches, autocast, grad_scaler, optimizer_step
 
 
 @dataclass
@@ -99,6 +99,8 @@ def lr_range_test(
     gamma = (cfg.end_lr / cfg.start_lr) ** (1 / (cfg.steps - 1))
     lrs, losses, best, diverged = [], [], math.inf, False
     avg = 0.0
+    scaler = grad_scaler(amp_dtype, batches.device)
+    optimizer.zero_grad(set_to_none=True)
     model.train()
     for step, (images, labels) in zip(range(cfg.steps), _endless(loader), strict=False):
         lr = cfg.start_lr * gamma**step
@@ -107,9 +109,8 @@ def lr_range_test(
         x, y = batches(images, labels)
         with autocast(batches.device, amp_dtype):
             loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        optimizer_step(model, optimizer, scaler, grad_clip=None)  # steps, then zeroes grads
         lrs.append(lr)
         losses.append(loss.item())
         avg = (1 - cfg.smoothing) * avg + cfg.smoothing * losses[-1]

@@ -141,6 +141,14 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
+    """fp16 on CUDA needs loss scaling to keep small gradients from flushing to zero;
+    bf16 has fp32's exponent range and needs none."""
+    if amp_dtype == torch.float16 and device.type == "cuda":
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
@@ -215,7 +223,7 @@ def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate_steps: int) -> 
     return max(1, math.ceil(batches_per_epoch / accumulate_steps))
 
 
-def _optimizer_step(
+def optimizer_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
@@ -282,7 +290,7 @@ def train_one_epoch(
             group_has_grad = True
         if i + 1 == group_end:  # the LR schedule follows optimizer steps, skipped or not
             if group_has_grad:
-                _optimizer_step(model, optimizer, scaler, cfg.grad_clip)
+                optimizer_step(model, optimizer, scaler, cfg.grad_clip)
                 if ema is not None:
                     ema.update()
             group_has_grad = False
@@ -421,11 +429,7 @@ def fit(
     the run id); pass it back as `resume` to carry on from there.
     """
     amp_dtype = resolve_amp(cfg.amp, batches.device)
-    scaler = (
-        torch.amp.GradScaler("cuda")
-        if amp_dtype == torch.float16 and batches.device.type == "cuda"
-        else None
-    )
+    scaler = grad_scaler(amp_dtype, batches.device)
     # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size,
     # unless train.deterministic asked for repeatable kernels (autotuning picks by timing);
     # the EMA copy is taken before compiling, and it is what validation and checkpoints see.

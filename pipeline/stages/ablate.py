@@ -42,8 +42,8 @@ class PeakMemory:
     """Peak memory of the block in MiB: CUDA allocator peak on GPU, else the process's peak
     RSS (Linux lets us reset the high-water mark per child; elsewhere it is since start)."""
 
-    def __init__(self, cuda: bool):
-        self.cuda = cuda
+    def __init__(self, cuda: str | None):
+        self.cuda = cuda  # the CUDA device the block trains on ("cuda", "cuda:1"), or None
         self.kind = "cuda_max_allocated" if cuda else "max_rss"
         self.mb = float("nan")
 
@@ -51,7 +51,7 @@ class PeakMemory:
         if self.cuda:
             import torch
 
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(self.cuda)
             return self
         try:
             Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
@@ -63,7 +63,7 @@ class PeakMemory:
         if self.cuda:
             import torch
 
-            self.mb = torch.cuda.max_memory_allocated() / 2**20
+            self.mb = torch.cuda.max_memory_allocated(self.cuda) / 2**20
         elif self.kind == "max_rss":
             status = Path("/proc/self/status").read_text().splitlines()
             hwm = next(line for line in status if line.startswith("VmHWM:"))
@@ -268,7 +268,7 @@ def _run_children(
     for i, (child, child_cfg) in enumerate(zip(todo, configs, strict=True), 1):
         print(f"[{i}/{len(todo)}] {child.variant} seed {child.seed}", flush=True)
         try:
-            with PeakMemory(cuda=_uses_cuda(child_cfg, torch)) as peak:
+            with PeakMemory(cuda=_cuda_device(child_cfg, torch)) as peak:
                 result = run_train(child_cfg, out_dir / child.variant / f"seed{child.seed}")
         except (PipelineError, RuntimeError, ValueError) as exc:
             # Its run is already marked FAILED; rerunning the ablation retries just this one.
@@ -297,9 +297,11 @@ def _client(tracking: TrackingConfig) -> Any:
     return MlflowClient(tracking_uri=tracking.uri)
 
 
-def _uses_cuda(cfg: RunConfig, torch: Any) -> bool:
+def _cuda_device(cfg: RunConfig, torch: Any) -> str | None:
     device = cfg.train.device
-    return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if device.startswith("cuda"):
+        return device
+    return "cuda" if device == "auto" and torch.cuda.is_available() else None
 
 
 def _row(run: Any) -> dict:
