@@ -42,6 +42,7 @@ def tiny_overrides(mlflow_uri: str, tmp_path: Path) -> list[str]:
         "backbone.pretrained=false",
         "backbone.img_size=32",
         "train.epochs=1",
+        "train.device=cpu",  # exact comparisons hold on CPU; CUDA has its own `gpu` tests
         "train.threads=2",
         "data.num_workers=0",
         f"tracking.uri={mlflow_uri}",

@@ -35,7 +35,6 @@ def folder_cfg(tiny_cfg, image_folder):
             "head.dropout=0.3",
             "train.epochs=2",
             "train.early_stopping.patience=10",
-            "train.device=cpu",  # "exact" below holds on CPU; a GPU box would pick CUDA
             *extra,
         )
 
