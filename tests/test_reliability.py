@@ -295,20 +295,33 @@ def test_loss_guard_checks_only_every_n_steps():
         guard.check()
 
 
-def test_cuda_out_of_memory_gives_a_hint_and_fails_the_run(
-    folder_cfg, mlflow_uri, tmp_path, monkeypatch
-):
-    def oom(logits):
-        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+class CompilerFailed(RuntimeError):
+    """Stands in for torch._dynamo's BackendCompilerFailed, which wraps the real error."""
 
+
+def _oom(logits):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def _wrapped_oom(logits):
+    try:
+        _oom(logits)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise CompilerFailed("backend='inductor' raised: OutOfMemoryError") from exc
+
+
+@pytest.mark.parametrize("oom", [_oom, _wrapped_oom], ids=["plain", "wrapped"])
+def test_cuda_out_of_memory_gives_a_hint_and_fails_the_run(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch, oom
+):
     _poison_forward(monkeypatch, 4, oom)  # first batch of epoch 2
     with pytest.raises(TrainingError) as info:
-        run_train(folder_cfg("tracking.run_name=oom"), tmp_path / "out")
+        run_train(folder_cfg(f"tracking.run_name=oom{oom.__name__}"), tmp_path / "out")
     message = str(info.value)
     assert message.startswith("CUDA out of memory at data.batch_size=4: lower data.batch_size")
     assert "gradient accumulation" in message and "\n" not in message
     client = MlflowClient(mlflow_uri)
-    run = _run_named(client, "oom")
+    run = _run_named(client, f"oom{oom.__name__}")
     assert run.info.status == "FAILED" and "CUDA out of memory" in run.data.tags["error"]
     # Epoch 1 is not lost: its metrics are logged and its checkpoint kept and uploaded.
     assert [s for s, _ in _history(client, run.info.run_id, "val/loss")] == [0]

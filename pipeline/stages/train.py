@@ -106,6 +106,15 @@ def _keep_checkpoints(run: Run, checkpoint_dir: Path) -> None:
                 log.warning("could not upload %s to MLflow: %s", name, exc)
 
 
+def _out_of_memory(exc: BaseException | None) -> bool:
+    """An OOM, also when it arrives wrapped (torch.compile and autotuning re-raise it)."""
+    while exc is not None:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _config_changes(old: dict, new: dict) -> list[str]:
     old_flat, new_flat = flatten(old), flatten(new)
     return [
@@ -334,14 +343,13 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
             _keep_checkpoints(run, checkpoint_dir)
             raise Interrupted(_interrupted_message(exc, run, checkpoint_dir)) from None
-        except torch.cuda.OutOfMemoryError as exc:
+        except Exception as exc:
             _keep_checkpoints(run, checkpoint_dir)
-            raise TrainingError(
-                f"CUDA out of memory at data.batch_size={cfg.data.batch_size}: lower "
-                "data.batch_size (use gradient accumulation to keep the effective batch size)"
-            ) from exc
-        except Exception:
-            _keep_checkpoints(run, checkpoint_dir)
+            if _out_of_memory(exc):
+                raise TrainingError(
+                    f"CUDA out of memory at data.batch_size={cfg.data.batch_size}: lower "
+                    "data.batch_size (use gradient accumulation to keep the effective batch size)"
+                ) from exc
             raise
         test_metrics = {"test/loss": test_loss}
         if main:
