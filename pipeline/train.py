@@ -141,6 +141,18 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def use_fast_cuda_kernels(device: torch.device) -> None:
+    """cuDNN autotuning for the fixed input size, unless train.deterministic asked for
+    repeatable kernels (autotuning picks by timing); TF32 tensor cores for whatever runs in
+    fp32 (amp=off, or the ops autocast keeps in fp32)."""
+    if device.type != "cuda":
+        return
+    if not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
 def grad_scaler(amp_dtype: torch.dtype | None, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 on CUDA needs loss scaling to keep small gradients from flushing to zero;
     bf16 has fp32's exponent range and needs none."""
@@ -430,15 +442,9 @@ def fit(
     """
     amp_dtype = resolve_amp(cfg.amp, batches.device)
     scaler = grad_scaler(amp_dtype, batches.device)
-    # Speed and weight averaging (issue 8): autotune convolutions for the fixed input size,
-    # unless train.deterministic asked for repeatable kernels (autotuning picks by timing);
-    # the EMA copy is taken before compiling, and it is what validation and checkpoints see.
-    if batches.device.type == "cuda":
-        if not torch.are_deterministic_algorithms_enabled():
-            torch.backends.cudnn.benchmark = True
-        # TF32 tensor cores for whatever runs in fp32 (amp=off, or ops autocast keeps fp32).
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # Speed and weight averaging (issue 8): the EMA copy is taken before compiling, and it is
+    # what validation and checkpoints see.
+    use_fast_cuda_kernels(batches.device)
     ema = ModelEma(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay else None
     if cfg.compile:
         model.compile()

@@ -49,6 +49,7 @@ from pipeline.train import (
     predict,
     resolve_amp,
     resolve_device,
+    use_fast_cuda_kernels,
 )
 from pipeline.weights import WeightsInfo
 
@@ -310,6 +311,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         )
         try:
             if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
+                use_fast_cuda_kernels(device)  # fit sets these too, but after this pass
                 fit_model, train_loader, val_loader, fit_batches = cached_feature_loaders(
                     model,
                     train_loader,
