@@ -64,6 +64,24 @@ def _raise(exc):
     return action
 
 
+def _cut_at_epoch_then_resume(folder_cfg, tmp_path, monkeypatch, epoch: int, extra):
+    """(uninterrupted run, run interrupted at `epoch` (1-based) then resumed, the last epoch
+    its checkpoint held when interrupted (0-based))."""
+    full = run_train(folder_cfg(*extra), tmp_path / "full")
+    _interrupt_on_call(monkeypatch, epoch, _raise(KeyboardInterrupt()))
+    with pytest.raises(Interrupted):
+        run_train(folder_cfg(*extra), tmp_path / "cut")
+    monkeypatch.undo()
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    saved_epoch = load_checkpoint(last)["epoch"]
+    resumed = run_train(folder_cfg(*extra, f"train.resume={last}"), tmp_path / "resumed")
+    return full, resumed, saved_epoch
+
+
+def _losses(result) -> list[float]:
+    return [epoch["train/loss"] for epoch in result.fit.history]
+
+
 def _history(client, run_id, key):
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
@@ -105,7 +123,6 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(
         assert torch.equal(value, got[name]), name
 
 
-@pytest.mark.slow  # two short trainings
 @pytest.mark.parametrize("strategy", ["gradual", "linear_then_full"])
 def test_resume_after_a_strategy_unfroze_layers_equals_an_uninterrupted_run(
     folder_cfg, tmp_path, monkeypatch, strategy
@@ -119,18 +136,10 @@ def test_resume_after_a_strategy_unfroze_layers_equals_an_uninterrupted_run(
         "train.epochs=3",
         "tracking.enabled=false",
     )
-    full = run_train(folder_cfg(*extra), tmp_path / "full")
-    _interrupt_on_call(monkeypatch, 3, _raise(KeyboardInterrupt()))
-    with pytest.raises(Interrupted):
-        run_train(folder_cfg(*extra), tmp_path / "cut")
-    monkeypatch.undo()
-    last = tmp_path / "cut" / "checkpoints" / "last.pt"
-    assert load_checkpoint(last)["epoch"] == 1  # after the first unfreeze
-    resumed = run_train(folder_cfg(*extra, f"train.resume={last}"), tmp_path / "resumed")
+    full, resumed, saved = _cut_at_epoch_then_resume(folder_cfg, tmp_path, monkeypatch, 3, extra)
+    assert saved == 1  # resumed after the first unfreeze
     assert resumed.test_metrics == full.test_metrics
-    assert [h["train/loss"] for h in resumed.fit.history] == [
-        h["train/loss"] for h in full.fit.history
-    ]
+    assert _losses(resumed) == _losses(full)
 
 
 @pytest.mark.parametrize(
@@ -145,19 +154,12 @@ def test_resume_repeats_the_random_draws_of_mixing_and_cached_features(
     folder_cfg, tmp_path, monkeypatch, extra
 ):
     extra = (*extra, "train.epochs=3", "tracking.enabled=false")
-    full = run_train(folder_cfg(*extra), tmp_path / "full")
-    _interrupt_on_call(monkeypatch, 2, _raise(KeyboardInterrupt()))
-    with pytest.raises(Interrupted):
-        run_train(folder_cfg(*extra), tmp_path / "cut")
-    monkeypatch.undo()
-    last = tmp_path / "cut" / "checkpoints" / "last.pt"
-    resumed = run_train(folder_cfg(*extra, f"train.resume={last}"), tmp_path / "resumed")
-    assert [h["train/loss"] for h in resumed.fit.history] == [
-        h["train/loss"] for h in full.fit.history
-    ]
+    full, resumed, _ = _cut_at_epoch_then_resume(folder_cfg, tmp_path, monkeypatch, 2, extra)
+    assert _losses(resumed) == _losses(full)
     assert resumed.test_metrics == full.test_metrics
 
 
+@pytest.mark.slow  # two short trainings
 def test_sigterm_marks_killed_keeps_checkpoint_and_resumes_from_artifacts(
     folder_cfg, mlflow_uri, tmp_path, monkeypatch
 ):
