@@ -174,6 +174,13 @@ def scan_class_folders(
     return ImageSet(items, np.asarray(labels, dtype=np.int64), class_names), skipped
 
 
+def _draft(img: Image.Image, min_size: int | None) -> None:
+    """JPEG only: let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides stay >= min_size
+    (sets img.size now, before any decoding)."""
+    if min_size and img.format == "JPEG":
+        img.draft("RGB", (min_size, min_size))
+
+
 def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
     """Decode any PIL-readable image to uint8 RGB (grey, RGBA, palette, 16-bit, GIF frame 0).
 
@@ -181,8 +188,7 @@ def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
     which is several times faster than decoding full size and resizing afterwards.
     """
     with Image.open(path) as img:
-        if min_size and img.format == "JPEG":
-            img.draft("RGB", (min_size, min_size))
+        _draft(img, min_size)
         if img.mode in ("I;16", "I;16B", "I;16L", "I"):
             arr = np.asarray(img, dtype=np.float32)
             scale = 255.0 / max(float(arr.max()), 1.0)
@@ -245,8 +251,7 @@ def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list
 def _decoded_bytes(path: str, min_size: int | None) -> int:
     """What read_rgb(path, min_size) will hold, from the header alone (draft sets the size)."""
     with Image.open(path) as img:
-        if min_size and img.format == "JPEG":
-            img.draft("RGB", (min_size, min_size))
+        _draft(img, min_size)  # the very scale read_rgb will decode at
         return img.width * img.height * 3
 
 

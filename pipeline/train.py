@@ -404,12 +404,21 @@ class TrainingParts:
             )
         return state["epoch"] + 1
 
-    def adopt(self, rebuilt: tuple[torch.optim.Optimizer, Schedule], compile_model: bool) -> None:
-        """Take the (optimizer, schedule) a fine-tuning strategy rebuilt after unfreezing.
+    def enter_epoch(
+        self,
+        epoch: int,
+        on_epoch_start: Callable[[int], tuple[torch.optim.Optimizer, Schedule] | None] | None,
+        compile_model: bool,
+    ) -> None:
+        """Let a fine-tuning strategy set what trains at `epoch`, taking the (optimizer,
+        schedule) it rebuilds when that changes.
 
         DDP registers the parameters that need gradients when it wraps a model, so wrap it
         again: otherwise the gradients of the layers just unfrozen are never averaged across
         ranks, and each rank's copy of them drifts apart."""
+        rebuilt = on_epoch_start(epoch) if on_epoch_start else None
+        if not rebuilt:
+            return
         self.optimizer, self.schedule = rebuilt
         if isinstance(self.model, distributed.DistributedDataParallel):
             self.model = distributed.rewrap(self.model)
@@ -461,20 +470,15 @@ def fit(
     if resume is not None:
         # A strategy that unfreezes as it goes (gradual, linear_then_full) saved an optimizer
         # over the parameters trainable at the saved epoch: rebuild that one before loading.
-        rebuilt = on_epoch_start(resume["epoch"]) if on_epoch_start else None
-        if rebuilt:
-            parts.adopt(rebuilt, cfg.compile)
-            model, optimizer, schedule = parts.model, parts.optimizer, parts.schedule
+        parts.enter_epoch(resume["epoch"], on_epoch_start, cfg.compile)
         start_epoch = parts.load_state_dict(resume)
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
     start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         tic = time.perf_counter()
-        rebuilt = on_epoch_start(epoch) if on_epoch_start else None
-        if rebuilt:
-            parts.adopt(rebuilt, cfg.compile)
-            model, optimizer, schedule = parts.model, parts.optimizer, parts.schedule
+        parts.enter_epoch(epoch, on_epoch_start, cfg.compile)
+        model, optimizer, schedule = parts.model, parts.optimizer, parts.schedule
         eval_model = ema.module if ema is not None else model
         distributed.set_epoch(train_loader, epoch)
         train = train_one_epoch(
