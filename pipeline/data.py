@@ -199,8 +199,8 @@ def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
             img = Image.alpha_composite(background, img)
         if img.mode != "RGB":
             img = img.convert("RGB")
-        # convert() on an image that is already RGB would copy it once more: ~10 % of the
-        # decode time of a 500x375 JPEG (benchmarks/dataloader.py).
+        # convert() on an image that is already RGB would copy it once more: ~9 % of the
+        # decode time of a 500x375 JPEG (benchmarks/decode_breakdown.py).
         return np.asarray(img)
 
 

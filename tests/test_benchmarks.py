@@ -3,7 +3,9 @@
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import write_image_folder
 
@@ -78,3 +80,19 @@ def test_dataloader_benchmark_compares_loaders_on_the_same_files(tmp_path):
     for row in report["results"]:
         assert len(row["runs_images_per_s"]) == 2 and row["images_per_s"] > 0
     assert (tmp_path / "loader.json").is_file()
+
+
+def test_decode_breakdown_times_each_piece_of_the_data_path(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("ants", "bees"):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "train" / name / f"{i}.jpg")
+    report = _load("decode_breakdown").main([str(tmp_path), "--size=32", "--passes=1"])
+    assert report["jpegs"] == 6 and report["mean_hw"] == [60, 80]
+    assert set(report["ms_per_image"]) == {
+        "read_rgb", "read_rgb_convert", "cv2_imdecode", "augment_light"
+    }  # fmt: skip
+    assert all(ms > 0 for ms in report["ms_per_image"].values())
+    assert 0 < report["decode_share"] < 1
