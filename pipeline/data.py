@@ -448,9 +448,12 @@ def build_loader(
     sample_weights: np.ndarray | None = None,
     sampler: Sampler | None = None,  # e.g. a DistributedSampler; replaces shuffling
 ) -> DataLoader:
-    """`sample_weights` (train only) draws samples with replacement in proportion to them.
+    """`seed` makes the loader repeat: its order, and its dataset's augmentations (seeded
+    here for the main process, and per worker by _seed_worker).
+    `sample_weights` (train only) draws samples with replacement in proportion to them.
     A weighted sampler under DDP is not sharded: each rank draws its own weighted sample."""
     workers = default_num_workers() if num_workers is None else num_workers
+    seed_transform(getattr(dataset, "transform", None), seed)  # albumentations has its own RNG
     generator = torch.Generator().manual_seed(seed)
     if train and sample_weights is not None:
         sampler = WeightedRandomSampler(

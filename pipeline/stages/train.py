@@ -36,7 +36,7 @@ from pipeline.mix import build_batch_transform
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
 from pipeline.plots import plot_confusion_matrix, plot_learning_curves
-from pipeline.repro import environment_tags, seed_everything, seed_transform, set_deterministic
+from pipeline.repro import environment_tags, seed_everything, set_deterministic
 from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point
 from pipeline.sched import build_schedule
 from pipeline.signals import Interrupted, sigterm_as_interrupt
@@ -250,7 +250,6 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     num_classes = len(splits.class_names)
     crop_pct = cfg.augment.crop_pct or spec.crop_pct
     train_tf = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
-    seed_transform(train_tf, cfg.seed + dist_info.rank)  # albumentations has its own RNG
     eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
     decode = round(spec.img_size / crop_pct)
     pin = device.type == "cuda"
