@@ -32,13 +32,13 @@ from pipeline.features import cached_feature_loaders, check_cache_features
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
-from pipeline.mix import build_batch_transform
+from pipeline.mix import MixBatch, build_batch_transform
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
 from pipeline.plots import plot_confusion_matrix, plot_learning_curves
 from pipeline.repro import environment_tags, seed_everything, set_deterministic
 from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point
-from pipeline.sched import build_schedule
+from pipeline.sched import Schedule, build_schedule
 from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking import Run, flatten, start_run
 from pipeline.train import (
@@ -205,6 +205,164 @@ def _derived_params(
     }
 
 
+@dataclass
+class _Training:
+    """Everything fit needs, built before the MLflow run starts so bad input fails first."""
+
+    model: torch.nn.Module  # the bare model: checkpoints, EMA, finetune rebuilds, test
+    train_model: torch.nn.Module  # the model fit steps: DDP-wrapped under torchrun
+    loaders: dict[str, DataLoader]
+    batches: Batches
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    batch_transform: MixBatch | None
+    class_weights: torch.Tensor | None
+    derived_params: dict
+
+
+def _check_resume(cfg: RunConfig, out_dir: Path) -> ResumePoint | None:
+    if not cfg.train.resume:
+        return None
+    resume = find_resume_point(cfg.train.resume, cfg.tracking, out_dir / "resume")
+    changed = _config_changes(resume.state.get("config", {}), cfg.to_dict())
+    if changed and resume.state.get("config"):
+        log.warning("resuming with a changed config: %s", ", ".join(changed))
+    if resume.epochs_done >= cfg.train.epochs:
+        raise TrainingError(
+            f"train.resume: the run already did {resume.epochs_done} of train.epochs={cfg.train.epochs}"
+        )
+    return resume
+
+
+def _build_training(
+    cfg: RunConfig, splits: Splits, device: torch.device, dist_info: distributed.DistInfo
+) -> _Training:
+    """Model, input pipeline, optimizer and schedule, from the config's groups."""
+    num_classes = len(splits.class_names)
+    model, spec, weights = build_model(cfg.backbone, cfg.head, num_classes)
+    apply_finetune(model, cfg.finetune)
+
+    crop_pct = cfg.augment.crop_pct or spec.crop_pct
+    train_tf = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
+    eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
+    decode = round(spec.img_size / crop_pct)
+    pin = device.type == "cuda"
+    loaders = _build_loaders(cfg, splits, train_tf, eval_tf, decode, dist_info, pin_memory=pin)
+
+    channels_last = (
+        device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
+    )
+    model = model.to(
+        device, memory_format=torch.channels_last if channels_last else torch.preserve_format
+    )
+    optimizer = build_optimizer(model, cfg.optim)
+    steps_per_epoch = optimizer_steps_per_epoch(len(loaders["train"]), cfg.train.accumulate_steps)
+    class_weights = None
+    if cfg.train.class_weights == "auto":
+        inverse = inverse_frequency_weights(splits.train.labels, num_classes)
+        class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
+    return _Training(
+        model=model,
+        train_model=distributed.wrap_model(model, dist_info, device, cfg.train.sync_bn),
+        loaders=loaders,
+        batches=Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last),
+        optimizer=optimizer,
+        schedule=build_schedule(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch),
+        batch_transform=build_batch_transform(
+            cfg.augment.mixup_alpha,
+            cfg.augment.cutmix_alpha,
+            cfg.augment.mix_prob,
+            num_classes,
+            cfg.seed,
+        ),
+        class_weights=class_weights,
+        derived_params=_derived_params(
+            cfg, splits, model, spec, weights, crop_pct, device, dist_info
+        ),
+    )
+
+
+def _log_run_start(
+    run: Run,
+    cfg: RunConfig,
+    splits: Splits,
+    training: _Training,
+    out_dir: Path,
+    resume: ResumePoint | None,
+    checkpoint_dir: Path,
+) -> None:
+    """config.yaml; params, split manifest and data report for a new run; history for an adopted one."""
+    config_path = out_dir / "config.yaml"
+    config_path.write_text(
+        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
+    )
+    if resume is None or resume.run_id is None:  # a new run
+        run.log_params({**flatten(cfg.to_dict()), **training.derived_params})
+        run.log_artifact(config_path)
+        run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
+        log_data_report(run, splits, out_dir)
+    if resume is not None:
+        run.set_tags({"resumed_after_epoch": resume.epochs_done})
+        if resume.run_id is None:  # the checkpoint came from an untracked run
+            for epoch, metrics in enumerate(resume.state["history"]):
+                run.log_metrics(metrics, step=epoch)
+    run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
+
+
+def _fit_and_test(
+    cfg: RunConfig,
+    training: _Training,
+    run: Run,
+    device: torch.device,
+    checkpoint_dir: Path,
+    resume: ResumePoint | None,
+):
+    """Train with model selection on val, then touch the test split exactly once."""
+    amp = resolve_amp(cfg.train.amp, device)
+    model, batches = training.train_model, training.batches
+    train_loader, val_loader = training.loaders["train"], training.loaders["val"]
+    if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
+        use_fast_cuda_kernels(device)  # fit sets these too, but after this pass
+        model, train_loader, val_loader, batches = cached_feature_loaders(
+            training.model, train_loader, val_loader, batches, amp, cfg.seed
+        )
+    result = fit(
+        model,
+        train_loader,
+        val_loader,
+        training.optimizer,
+        training.schedule,
+        cfg.train,
+        batches,
+        checkpoint_dir=checkpoint_dir,
+        on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
+        resume=resume.state if resume else None,
+        checkpoint_extra={"run_id": run.run_id, "config": cfg.to_dict()},
+        on_epoch_start=rebuild_on_change(
+            training.model, cfg.finetune, cfg.optim, training.optimizer, training.schedule
+        ),
+        batch_transform=training.batch_transform,
+        class_weights=training.class_weights,
+    )
+    test_loss, probs, targets = distributed.gather_predictions(
+        *predict(training.model, training.loaders["test"], training.batches, amp)
+    )
+    return result, test_loss, probs, targets
+
+
+def _log_run_end(run: Run, result: FitResult, test_metrics: dict[str, float]) -> None:
+    run.log_metrics(
+        {
+            **test_metrics,
+            "best_epoch": result.best_epoch + 1,
+            "train_seconds": result.train_seconds,
+            "epochs_run": len(result.history),
+        }
+    )
+    if result.best_checkpoint:
+        run.log_artifact(result.best_checkpoint, "checkpoints")
+
+
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
     """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds."""
     if cfg.data.kfold and splits is None:
@@ -224,16 +382,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     main = dist_info.is_main
     if not main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
-    resume: ResumePoint | None = None
-    if cfg.train.resume:
-        resume = find_resume_point(cfg.train.resume, cfg.tracking, out_dir / "resume")
-        changed = _config_changes(resume.state.get("config", {}), cfg.to_dict())
-        if changed and resume.state.get("config"):
-            log.warning("resuming with a changed config: %s", ", ".join(changed))
-        if resume.epochs_done >= cfg.train.epochs:
-            raise TrainingError(
-                f"train.resume: the run already did {resume.epochs_done} of train.epochs={cfg.train.epochs}"
-            )
+    resume = _check_resume(cfg, out_dir)
     seed_everything(cfg.seed)
     set_deterministic(cfg.train.deterministic)
     if cfg.train.threads:
@@ -244,45 +393,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     if splits is None:
         splits = build_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
-    model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
-    apply_finetune(model, cfg.finetune)
-
-    num_classes = len(splits.class_names)
-    crop_pct = cfg.augment.crop_pct or spec.crop_pct
-    train_tf = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
-    eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
-    decode = round(spec.img_size / crop_pct)
-    pin = device.type == "cuda"
-    loaders = _build_loaders(cfg, splits, train_tf, eval_tf, decode, dist_info, pin_memory=pin)
-
-    channels_last = (
-        device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
-    )
-    model = model.to(
-        device, memory_format=torch.channels_last if channels_last else torch.preserve_format
-    )
-    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last)
-    optimizer = build_optimizer(model, cfg.optim)
-    steps_per_epoch = optimizer_steps_per_epoch(len(loaders["train"]), cfg.train.accumulate_steps)
-    schedule = build_schedule(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch)
-    batch_transform = build_batch_transform(
-        cfg.augment.mixup_alpha,
-        cfg.augment.cutmix_alpha,
-        cfg.augment.mix_prob,
-        num_classes,
-        cfg.seed,
-    )
-    class_weights = None
-    if cfg.train.class_weights == "auto":
-        inverse = inverse_frequency_weights(splits.train.labels, num_classes)
-        class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
-    train_model = distributed.wrap_model(model, dist_info, device, cfg.train.sync_bn)
-
-    derived = _derived_params(cfg, splits, model, spec, weights, crop_pct, device, dist_info)
-    config_path = out_dir / "config.yaml"
-    config_path.write_text(
-        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
-    )
+    training = _build_training(cfg, splits, device, dist_info)
 
     checkpoint_dir = resume.checkpoint_dir if resume else out_dir / "checkpoints"
     tracking = cfg.tracking if main else dataclasses.replace(cfg.tracking, enabled=False)
@@ -291,55 +402,10 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         sigterm_as_interrupt(),
         start_run(tracking, tags=run_tags, run_id=resume.run_id if resume else None) as run,
     ):
-        if resume is None or resume.run_id is None:  # a new run
-            run.log_params({**flatten(cfg.to_dict()), **derived})
-            run.log_artifact(config_path)
-            run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
-            log_data_report(run, splits, out_dir)
-        if resume is not None:
-            run.set_tags({"resumed_after_epoch": resume.epochs_done})
-            if resume.run_id is None:  # the checkpoint came from an untracked run
-                for epoch, metrics in enumerate(resume.state["history"]):
-                    run.log_metrics(metrics, step=epoch)
-        run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
-        fit_model, fit_batches, train_loader, val_loader = (
-            train_model,
-            batches,
-            loaders["train"],
-            loaders["val"],
-        )
+        _log_run_start(run, cfg, splits, training, out_dir, resume, checkpoint_dir)
         try:
-            if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
-                use_fast_cuda_kernels(device)  # fit sets these too, but after this pass
-                fit_model, train_loader, val_loader, fit_batches = cached_feature_loaders(
-                    model,
-                    train_loader,
-                    val_loader,
-                    batches,
-                    resolve_amp(cfg.train.amp, device),
-                    cfg.seed,
-                )
-            result = fit(
-                fit_model,
-                train_loader,
-                val_loader,
-                optimizer,
-                schedule,
-                cfg.train,
-                fit_batches,
-                checkpoint_dir=checkpoint_dir,
-                on_epoch=lambda epoch, metrics: run.log_metrics(metrics, step=epoch),
-                resume=resume.state if resume else None,
-                checkpoint_extra={"run_id": run.run_id, "config": cfg.to_dict()},
-                on_epoch_start=rebuild_on_change(
-                    model, cfg.finetune, cfg.optim, optimizer, schedule
-                ),
-                batch_transform=batch_transform,
-                class_weights=class_weights,
-            )
-            # The test split is touched exactly once, after model selection is over.
-            test_loss, probs, targets = distributed.gather_predictions(
-                *predict(model, loaders["test"], batches, resolve_amp(cfg.train.amp, device))
+            result, test_loss, probs, targets = _fit_and_test(
+                cfg, training, run, device, checkpoint_dir, resume
             )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
             _keep_checkpoints(run, checkpoint_dir)
@@ -353,20 +419,11 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
                 ) from exc
             raise
         test_metrics = {"test/loss": test_loss}
-        if main:
+        if main:  # per-class report, plots and report.md: rank 0 holds the gathered predictions
             test_metrics |= _log_test_report(
                 run, out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
             )
-        run.log_metrics(
-            {
-                **test_metrics,
-                "best_epoch": result.best_epoch + 1,
-                "train_seconds": result.train_seconds,
-                "epochs_run": len(result.history),
-            }
-        )
-        if result.best_checkpoint:
-            run.log_artifact(result.best_checkpoint, "checkpoints")
+        _log_run_end(run, result, test_metrics)
         if main:
             title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
             run.log_artifact(
