@@ -76,7 +76,18 @@ class RunConfig:
             raise ConfigError(f"format={self.format!r} is not one of: {', '.join(EXPORT_FORMATS)}")
         if not 0 <= self.seed < 2**32:  # numpy's seed range
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
-        check_cache_features(self.train.cache_features, self.finetune.strategy, self.augment.preset)
+        if self.data.kfold and self.data.fold is None and self.train.resume:
+            raise ConfigError(
+                "train.resume resumes one run, and data.kfold runs one per fold: resume a "
+                "fold's run with data.fold=I train.resume=<that fold's run id>"
+            )
+        check_cache_features(
+            self.train.cache_features,
+            self.finetune.strategy,
+            self.augment.preset,
+            mixing=self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0,
+            sampler=self.data.sampler,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -46,6 +46,7 @@ class DataConfig:
     num_workers: int | None = None  # None: chosen from the CPU count
     on_bad_image: str = "skip"  # skip | error
     kfold: int = 0  # K >= 2: K-fold cross-validation over train+val; the test split stays out
+    fold: int | None = None  # with kfold: this one fold (0..K-1); the k-fold job sets it per fold
     sampler: str = "shuffle"  # shuffle | weighted (classes drawn equally often, with replacement)
     # Decode every image file once and keep the uint8 arrays in RAM: later epochs skip JPEG
     # decoding, which is most of the loader's work. For datasets that fit in memory.
@@ -56,6 +57,11 @@ class DataConfig:
             raise ConfigError(f"data.name={self.name!r} is not one of: {', '.join(SOURCES)}")
         if self.kfold < 0 or self.kfold == 1:
             raise ConfigError(f"data.kfold must be 0 (off) or >= 2, got {self.kfold}")
+        if self.fold is not None and not (self.kfold >= 2 and 0 <= self.fold < self.kfold):
+            raise ConfigError(
+                f"data.fold={self.fold} needs data.kfold=K >= 2 and 0 <= data.fold < K"
+                f" (data.kfold={self.kfold})"
+            )
         if self.sampler not in SAMPLERS:
             raise ConfigError(f"data.sampler must be one of: {', '.join(SAMPLERS)}")
         if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):

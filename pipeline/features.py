@@ -24,15 +24,28 @@ from pipeline.train import Batches, autocast
 
 
 def check_cache_features(
-    cache_features: bool, strategy: str, augment_preset: str, world_size: int = 1
+    cache_features: bool,
+    strategy: str,
+    augment_preset: str,
+    world_size: int = 1,
+    *,
+    mixing: bool = False,
+    sampler: str = "shuffle",
 ) -> None:
     """Caching is exact only when the backbone and its input are the same every epoch."""
-    if cache_features and (strategy != "frozen" or augment_preset != "none"):
+    if not cache_features:
+        return
+    if strategy != "frozen" or augment_preset != "none" or mixing:
         raise ConfigError(
-            "train.cache_features=true needs finetune=frozen and augment=none "
-            f"(got finetune={strategy}, augment={augment_preset})"
+            "train.cache_features=true needs finetune=frozen, augment=none and no mixup/cutmix "
+            f"(got finetune={strategy}, augment={augment_preset}"
+            + (", augment.mixup_alpha/cutmix_alpha > 0)" if mixing else ")")
         )
-    if cache_features and world_size > 1:
+    if sampler != "shuffle":
+        raise ConfigError(
+            f"train.cache_features=true shuffles uniformly: it cannot use data.sampler={sampler}"
+        )
+    if world_size > 1:
         # Every rank would extract and train on the whole set, unsynchronised: N times the
         # work for one head, which one process trains in seconds anyway.
         raise ConfigError(
@@ -154,6 +167,9 @@ def cached_feature_loaders(
         batch_size=val_loader.batch_size,
         num_workers=train_loader.num_workers,
         pin_memory=train_loader.pin_memory,
+        # Its own generator: a loader without one draws from the global torch RNG, which
+        # would shift the head's dropout masks away from the uncached run's.
+        generator=torch.Generator().manual_seed(seed),
     )
     train_x, train_y = extract_features(model.backbone, in_order, batches, amp_dtype)
     val_x, val_y = extract_features(model.backbone, val_loader, batches, amp_dtype)

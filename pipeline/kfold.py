@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from pipeline.config import RunConfig
-from pipeline.data import Splits, build_splits
+from pipeline.data import DataConfig, Splits, build_splits
 from pipeline.data_report import log_data_report
 from pipeline.errors import DataError
 from pipeline.tracking import flatten, start_run
@@ -54,6 +54,14 @@ def kfold_splits(splits: Splits, k: int, seed: int) -> tuple[list[Splits], np.nd
         )
         for i in range(k)
     ], folds
+
+
+def run_splits(cfg: DataConfig, seed: int) -> Splits:
+    """The splits one training run sees: the data's, or with data.fold=I that fold's."""
+    splits = build_splits(cfg, seed)
+    if cfg.kfold and cfg.fold is not None:
+        return kfold_splits(splits, cfg.kfold, seed)[0][cfg.fold]
+    return splits
 
 
 def summarize_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -110,7 +118,9 @@ def run_kfold(cfg: RunConfig, out_dir: Path):
                 child_tags["mlflow.parentRunId"] = parent.run_id
             run_name = f"{cfg.tracking.run_name or 'kfold'}-fold{i}"
             tracking = dataclasses.replace(cfg.tracking, run_name=run_name, tags=child_tags)
-            fold_cfg = dataclasses.replace(cfg, tracking=tracking)
+            # data.fold in the fold's own config: evaluate and resume rebuild this fold from it.
+            fold_data = dataclasses.replace(cfg.data, fold=i)
+            fold_cfg = dataclasses.replace(cfg, tracking=tracking, data=fold_data)
             results.append(run_train(fold_cfg, out_dir / f"fold{i}", splits=fold))
         per_fold = [
             {

@@ -1,14 +1,18 @@
 """data.kfold=K: K nested MLflow runs, mean and std on the parent, test split held out."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.config import compose
 from pipeline.data import DataConfig, build_splits
+from pipeline.errors import ConfigError
 from pipeline.kfold import kfold_splits, stratified_folds, summarize_folds
 from pipeline.stages import run_train
+from pipeline.stages.evaluate import run_evaluate
 from tests.conftest import write_image_folder
 
 
@@ -73,3 +77,54 @@ def test_kfold_run_nests_one_child_per_fold_under_a_parent(tiny_cfg, mlflow_uri,
             fold_rows = list(csv.DictReader(f))
         assert {r["image"] for r in fold_rows if r["split"] == "test"} == test_ids
         assert not {r["image"] for r in fold_rows if r["split"] != "test"} & test_ids
+
+
+def _ids(path, split):
+    with open(path, newline="") as f:
+        return [r["image"] for r in csv.DictReader(f) if r["split"] == split]
+
+
+def test_data_fold_needs_kfold_and_kfold_resumes_one_fold_at_a_time():
+    with pytest.raises(
+        ConfigError, match=re.escape("data.fold=2 needs data.kfold=K >= 2 and 0 <= data.fold < K")
+    ):
+        compose(["data.kfold=2", "data.fold=2"])
+    with pytest.raises(ConfigError, match=r"data\.fold=0 needs data\.kfold"):
+        compose(["data.fold=0"])
+    with pytest.raises(ConfigError, match=r"resume a fold's run with data\.fold=I"):
+        compose(["data.kfold=2", "train.resume=abc"])
+
+
+@pytest.mark.slow  # a 2-fold job, then its fold 1 alone: trained, evaluated on val, resumed
+def test_data_fold_is_that_fold_of_the_job_for_train_evaluate_and_resume(
+    tiny_cfg, mlflow_uri, tmp_path
+):
+    root = write_image_folder(tmp_path / "imgs", per_class=8)
+    base = ("data=folder", f"data.root={root}", "data.kfold=2")
+    job = run_train(tiny_cfg(*base), tmp_path / "job")
+    one = run_train(tiny_cfg(*base, "data.fold=1"), tmp_path / "one")
+    for split in ("train", "val", "test"):
+        assert _ids(tmp_path / "one" / "splits.csv", split) == _ids(
+            tmp_path / "job" / "fold1" / "splits.csv", split
+        )
+    client = MlflowClient(mlflow_uri)
+    (fold1,) = client.search_runs(
+        [client.get_run(job.run_id).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{job.run_id}' and tags.fold = '1'",
+    )
+    for name, value in one.test_metrics.items():
+        assert fold1.data.metrics[name] == pytest.approx(value, abs=1e-6), name
+
+    # eval.split=val scores the fold's own validation images (folds.csv: fold 1 = its val).
+    evaluate_cfg = tiny_cfg("stage=evaluate", f"run_id={one.run_id}", "eval.split=val")
+    run_evaluate(evaluate_cfg, tmp_path / "eval")
+    with open(tmp_path / "job" / "folds.csv", newline="") as f:
+        fold1_val = {r["image"] for r in csv.DictReader(f) if r["fold"] == "1"}
+    with open(tmp_path / "eval" / "val_predictions.csv", newline="") as f:
+        assert {r["image"] for r in csv.DictReader(f)} == fold1_val
+
+    resumed = run_train(
+        tiny_cfg(*base, "data.fold=1", "train.epochs=2", f"train.resume={one.run_id}"),
+        tmp_path / "resumed",
+    )
+    assert resumed.run_id == one.run_id and len(resumed.fit.history) == 2

@@ -181,6 +181,24 @@ def test_cache_features_needs_frozen_backbone_without_augmentation():
         compose(["train.cache_features=true", "finetune=full", "augment=none"])
     with pytest.raises(ConfigError, match="augment=none"):
         compose(["train.cache_features=true", "finetune=frozen", "augment=light"])
+    with pytest.raises(ConfigError, match="no mixup/cutmix"):  # mixing features != images
+        compose(
+            [
+                "train.cache_features=true",
+                "finetune=frozen",
+                "augment=none",
+                "augment.mixup_alpha=0.2",
+            ]
+        )
+    with pytest.raises(ConfigError, match=r"cannot use data\.sampler=weighted"):
+        compose(
+            [
+                "train.cache_features=true",
+                "finetune=frozen",
+                "augment=none",
+                "data.sampler=weighted",
+            ]
+        )
     with pytest.raises(ConfigError, match="in one process, not 2: run it without torchrun"):
         check_cache_features(True, "frozen", "none", world_size=2)
 
@@ -196,6 +214,7 @@ def test_cached_features_train_the_same_head_as_images(
         "augment=none",
         "train.epochs=2",
         "optim.lr=1e-2",
+        "head.dropout=0.5",  # draws from the global torch RNG: feature extraction must not
         "train.device=cpu",  # exact fp32 comparison (a GPU would run the backbone in bf16)
     )
     uncached = run_train(tiny_cfg(*common), tmp_path / "uncached")

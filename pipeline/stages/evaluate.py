@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import RunConfig
-from pipeline.data import ImageDataset, ImageSet, build_loader, build_splits
+from pipeline.data import ImageDataset, ImageSet, build_loader
 from pipeline.diagnosis import write_report
 from pipeline.errors import DataError
 from pipeline.evaluate import misclassified, predict_probs, score
 from pipeline.inference import fetch_history, linked_run, load_trained
+from pipeline.kfold import run_splits
 from pipeline.metrics import calibration_bins, format_report
 from pipeline.plots import plot_confusion_matrix
 from pipeline.train import resolve_amp
@@ -60,7 +61,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     trained = load_trained(cfg, out_dir)
     run_cfg, split = trained.cfg, cfg.eval.split
-    splits = build_splits(run_cfg.data, run_cfg.seed)  # seeded: the same split as training
+    splits = run_splits(run_cfg.data, run_cfg.seed)  # seeded: the same split (or fold) as training
     if splits.class_names != trained.class_names:
         raise DataError(
             f"the data's classes {splits.class_names} differ from the model's {trained.class_names}"

@@ -20,7 +20,7 @@ from pipeline.finetune import apply_finetune
 from pipeline.lr_find import LRFindResult, lr_range_test
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
-from pipeline.repro import seed_everything
+from pipeline.repro import seed_everything, set_deterministic
 from pipeline.tracking import flatten, start_run
 from pipeline.train import Batches, resolve_amp, resolve_device
 from pipeline.visualize import plot_lr_find
@@ -32,6 +32,7 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
+    set_deterministic(cfg.train.deterministic)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)

@@ -22,7 +22,6 @@ from pipeline.data import (
     ImageDataset,
     Splits,
     build_loader,
-    build_splits,
     cache_in_memory,
 )
 from pipeline.data_report import log_data_report
@@ -31,6 +30,7 @@ from pipeline.errors import TrainingError
 from pipeline.features import cached_feature_loaders, check_cache_features
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
+from pipeline.kfold import run_splits
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
 from pipeline.mix import MixBatch, build_batch_transform
 from pipeline.model import build_model
@@ -273,7 +273,7 @@ def _build_training(
             cfg.augment.cutmix_alpha,
             cfg.augment.mix_prob,
             num_classes,
-            cfg.seed,
+            cfg.seed + dist_info.rank,  # each rank mixes its own shard its own way
         ),
         class_weights=class_weights,
         derived_params=_derived_params(
@@ -364,8 +364,9 @@ def _log_run_end(run: Run, result: FitResult, test_metrics: dict[str, float]) ->
 
 
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
-    """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds."""
-    if cfg.data.kfold and splits is None:
+    """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds, and
+    data.fold=I only fold I."""
+    if cfg.data.kfold and cfg.data.fold is None and splits is None:
         from pipeline.kfold import run_kfold
 
         return run_kfold(cfg, out_dir)
@@ -391,7 +392,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
 
     # Everything that can fail on bad input happens before the MLflow run starts.
     if splits is None:
-        splits = build_splits(cfg.data, cfg.seed)
+        splits = run_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
     training = _build_training(cfg, splits, device, dist_info)
 

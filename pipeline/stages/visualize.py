@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from pipeline.config import RunConfig
-from pipeline.data import build_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.gradcam import (
     GradCAM,
@@ -26,6 +25,7 @@ from pipeline.gradcam import (
     gradcam_layer,
 )
 from pipeline.inference import linked_run, load_trained
+from pipeline.kfold import run_splits
 from pipeline.visualize import overlay, plot_feature_maps, plot_gradcam, plot_kernels
 
 
@@ -59,7 +59,7 @@ def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
                 f"(its stages: {', '.join(stages)})"
             ) from None
 
-    test = build_splits(trained.cfg.data, trained.cfg.seed).test
+    test = run_splits(trained.cfg.data, trained.cfg.seed).test
     picks = np.unique(np.linspace(0, len(test) - 1, min(viz.num_images, len(test))).round())
     images = [trained.load_image(test.items[int(i)]) for i in picks]
     labels = [names[test.labels[int(i)]] for i in picks]
