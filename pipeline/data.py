@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
 from pipeline.errors import ConfigError, DataError
-from pipeline.repro import seed_transform
+from pipeline.repro import epoch_seed, seed_transform
 
 log = logging.getLogger(__name__)
 
@@ -417,11 +417,67 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int, int]) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([item])[0]
+
+    def __getitems__(self, items: list) -> list[tuple[torch.Tensor, int]]:
+        """One batch (the DataLoader hands a worker whole batches). From an `EpochSampler`
+        the items are (index, epoch seed, position), and the batch's augmentations are
+        seeded from its first item: the same batch is augmented the same way in whichever
+        worker builds it, or in none."""
+        if items and isinstance(items[0], tuple):
+            _, key, position = items[0]
+            seed_transform(self.transform, epoch_seed(key, position))
+            items = [item[0] for item in items]
+        return [self._sample(index) for index in items]
+
+    def _sample(self, index: int) -> tuple[torch.Tensor, int]:
         item = self.images.items[index]
         image = load_image(item, self.decode_size) if isinstance(item, str) else item
         image = self.transform(image=image)["image"]
         return torch.from_numpy(np.ascontiguousarray(image)), int(self.images.labels[index])
+
+
+class EpochSampler(Sampler):
+    """A training sampler whose randomness is a function of (seed, epoch) alone.
+
+    Each epoch reseeds `generator` (the one the wrapped sampler shuffles or draws with) and
+    yields (index, epoch seed, position); `ImageDataset` seeds each batch's augmentations
+    from that. Nothing carries over from epoch to epoch, so a resumed run and a run with
+    another `data.num_workers` see the very same batches. Epochs count up from 0 by
+    themselves; `set_epoch` (called by `fit`) sets the next one, e.g. on resume.
+    """
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        seed: int,
+        generator: torch.Generator | None = None,
+        *,
+        with_seeds: bool = True,  # False: plain indices, for a dataset that does not augment
+    ):
+        self.sampler, self.seed, self.generator = sampler, seed, generator
+        self.with_seeds = with_seeds
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        epoch, key = self.epoch, epoch_seed(self.seed, self.epoch)
+        self.epoch = epoch + 1  # the next pass, unless set_epoch says otherwise
+        if hasattr(self.sampler, "set_epoch"):  # a DistributedSampler shuffles by its epoch
+            self.sampler.set_epoch(epoch)
+        if self.generator is not None:
+            self.generator.manual_seed(key)
+        if not self.with_seeds:
+            yield from self.sampler
+            return
+        for position, index in enumerate(self.sampler):
+            yield index, key, position
 
 
 def default_num_workers() -> int:
@@ -431,16 +487,13 @@ def default_num_workers() -> int:
 
 
 def _seed_worker(worker_id: int) -> None:
-    # Each worker gets a distinct, reproducible seed derived from the loader's base seed.
+    # Each worker gets a distinct, reproducible seed for the global generators, derived from
+    # the loader's base seed. (Augmentations are seeded per batch: see EpochSampler.)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     import random
 
     random.seed(seed)
-    # albumentations keeps its own generators, which every worker inherits in the same state:
-    # reseed them too, or all workers draw the same augmentations.
-    info = torch.utils.data.get_worker_info()
-    seed_transform(getattr(info.dataset, "transform", None) if info else None, seed)
 
 
 def build_loader(
@@ -454,31 +507,37 @@ def build_loader(
     sample_weights: np.ndarray | None = None,
     sampler: Sampler | None = None,  # e.g. a DistributedSampler; replaces shuffling
 ) -> DataLoader:
-    """`seed` makes the loader repeat: its order, and its dataset's augmentations (seeded
-    here for the main process, and per worker by _seed_worker).
-    `sample_weights` (train only) draws samples with replacement in proportion to them.
+    """Train: shuffled (or drawn by `sample_weights`, with replacement) and augmented as a
+    function of (seed, epoch) through an `EpochSampler`. Eval: in order.
     A weighted sampler under DDP is not sharded: each rank draws its own weighted sample."""
     workers = default_num_workers() if num_workers is None else num_workers
-    seed_transform(getattr(dataset, "transform", None), seed)  # albumentations has its own RNG
-    generator = torch.Generator().manual_seed(seed)
-    if train and sample_weights is not None:
-        sampler = WeightedRandomSampler(
-            torch.as_tensor(sample_weights, dtype=torch.double),
-            num_samples=len(dataset),
-            replacement=True,
-            generator=generator,
+    if train:
+        order = torch.Generator()  # reseeded each epoch by EpochSampler
+        if sample_weights is not None:
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(sample_weights, dtype=torch.double),
+                num_samples=len(dataset),
+                replacement=True,
+                generator=order,
+            )
+        sampler = EpochSampler(
+            sampler or RandomSampler(dataset, generator=order),
+            seed,
+            order,
+            with_seeds=isinstance(dataset, ImageDataset),  # it seeds its augmentations
         )
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=train and sampler is None,
         sampler=sampler,
         drop_last=train and len(dataset) > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,
         worker_init_fn=_seed_worker,
-        generator=generator,
+        # Its own generator for the workers' base seed: without one the DataLoader draws it
+        # from the global torch RNG, and dropout would depend on how loaders were made.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -106,12 +106,6 @@ class StridedShard(Sampler[int]):
         return len(self.indices)
 
 
-def set_epoch(loader: Any, epoch: int) -> None:
-    sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, DistributedSampler):
-        sampler.set_epoch(epoch)
-
-
 def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: bool) -> nn.Module:
     """DDP-wrap for training (call after building the optimizer on the plain model)."""
     if not info.enabled:

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, RandomSampler
 
+from pipeline.data import EpochSampler
 from pipeline.errors import ConfigError
 from pipeline.model import Classifier
 from pipeline.train import Batches, autocast
@@ -77,9 +78,9 @@ def extract_features(
 class FeatureLoader:
     """Batches of cached (features, labels), shuffled like `build_loader` would shuffle.
 
-    A DataLoader over index batches with the same seeded generator draws the same
-    permutation as the image loader, so cached and uncached runs see identical batches;
-    each batch is then one gather on the device instead of per-sample collation."""
+    The same `EpochSampler` over the same seeded generator draws the same permutation as the
+    image loader each epoch, so cached and uncached runs see identical batches; each batch
+    is then one gather on the device instead of per-sample collation."""
 
     def __init__(
         self,
@@ -90,25 +91,26 @@ class FeatureLoader:
         train: bool,
         seed: int,
     ):
-        self.features, self.labels = features, labels
-        indices = torch.arange(len(labels))
-        # `generator` is saved in last.pt like an image loader's (pipeline.repro.rng_state).
-        self.generator = generator = torch.Generator().manual_seed(seed)
-        order = RandomSampler(indices, generator=generator) if train else SequentialSampler(indices)
-        drop_last = train and len(indices) > batch_size
-        # batch_size=None: the "dataset" is the index tensor, indexed by a whole batch at once.
-        self._index_batches = DataLoader(
-            indices,
-            batch_size=None,
-            sampler=BatchSampler(order, batch_size, drop_last=drop_last),
-            generator=generator,
+        self.features, self.labels, self.batch_size = features, labels, batch_size
+        order = torch.Generator()  # reseeded each epoch by the EpochSampler
+        n = len(labels)
+        # `sampler`, as on a DataLoader: fit calls its set_epoch.
+        self.sampler = EpochSampler(
+            RandomSampler(range(n), generator=order), seed, order, with_seeds=False
         )
+        self.train = train
+        self.drop_last = train and n > batch_size
 
     def __len__(self) -> int:
-        return len(self._index_batches)
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        batches = list(self._index_batches)  # the epoch's order, drawn up front
+        if self.train:
+            order = torch.tensor(list(self.sampler), dtype=torch.long)
+        else:
+            order = torch.arange(len(self.labels))
+        batches = list(order.split(self.batch_size))[: len(self)]  # drop_last as for images
         if not batches:
             return
         # One host-to-device copy per epoch: a copy from pageable memory per batch would

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pipeline.repro import epoch_seed
+
 
 class MixBatch:
     """`(images, labels) -> (mixed images, soft targets)`; a `batch_transform` for training.
@@ -34,14 +36,12 @@ class MixBatch:
         self.cutmix_alpha = cutmix_alpha
         self.prob = prob
         self.switch_prob = switch_prob
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
+        self.set_epoch(0)
 
-    def state_dict(self) -> dict:
-        """The generator's position, so a resumed run mixes its batches as it would have."""
-        return self.rng.bit_generator.state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
+    def set_epoch(self, epoch: int) -> None:
+        """Each epoch's draws come from (seed, epoch): a resumed run mixes as it would have."""
+        self.rng = np.random.default_rng(epoch_seed(self.seed, epoch))
 
     def _draw(self) -> tuple[str, float]:
         if self.rng.random() >= self.prob:

@@ -1,9 +1,11 @@
 """Seeding, determinism and run provenance, so a run is repeatable from its logged config.
 
-Random state lives in more places than `torch.manual_seed` reaches: albumentations keeps its
-own generators per Compose, and the train loader shuffles with its own torch.Generator.
-`rng_state` / `load_rng_state` capture all of them, which is what makes a resumed run equal
-an uninterrupted one.
+The training data's randomness (shuffle order, augmentations, mixup/cutmix) is a function of
+(seed, epoch) alone: see `epoch_seed`, `pipeline.data.EpochSampler` and
+`pipeline.mix.MixBatch.set_epoch`. It needs no saved state, so a resumed run, a run with
+another number of loader workers and each DDP rank all draw what they should.
+`rng_state` / `load_rng_state` capture the rest (python, numpy, torch, CUDA: dropout, say),
+which is what makes a resumed run equal an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -49,47 +51,41 @@ def set_deterministic(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = False  # autotuning may pick different kernels
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 63-bit seed for one epoch of one run. Mixed through numpy's SeedSequence, so nearby
+    (seed, epoch) pairs are unrelated: seed + epoch would give seed 1's epoch 0 the shuffle
+    of seed 0's epoch 1, and a several-seed ablation would share its epochs."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
 # --- albumentations' own generators -------------------------------------------------------
 
 
 def seed_transform(transform: Any, seed: int) -> None:
     """Give an albumentations Compose one seeded (numpy, python) generator pair, shared by all
-    its transforms, so its augmentations repeat and its state can be checkpointed."""
+    its transforms, so its augmentations repeat."""
     if hasattr(transform, "set_random_state"):
         transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
-
-
-def _transform_of(loader: Any) -> Any:
-    transform = getattr(getattr(loader, "dataset", None), "transform", None)
-    return transform if hasattr(transform, "random_generator") else None
 
 
 # --- capture and restore ---------------------------------------------------------------------
 
 
-def rng_state(loader: Any = None) -> dict:
-    """Every random state a training epoch draws from (weights_only-loadable)."""
+def rng_state() -> dict:
+    """The process-wide random states (weights_only-loadable)."""
     np_state = np.random.get_state(legacy=False)
     np_state["state"] = {**np_state["state"], "key": np_state["state"]["key"].tolist()}
-    state: dict[str, Any] = {
+    return {
         "python": random.getstate(),
         "numpy": np_state,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    generator = getattr(loader, "generator", None)
-    if generator is not None:
-        state["loader"] = generator.get_state()
-    transform = _transform_of(loader)
-    if transform is not None:
-        state["augment"] = {
-            "numpy": transform.random_generator.bit_generator.state,
-            "python": transform.py_random.getstate(),
-        }
-    return state
 
 
-def load_rng_state(state: dict, loader: Any = None) -> None:
+def load_rng_state(state: dict) -> None:
+    """Checkpoints from before the data's randomness came from (seed, epoch) also hold
+    "loader" and "augment" states: nothing draws from those any more."""
     random.setstate(_as_tuple(state["python"]))
     np_state = dict(state["numpy"])
     np_state["state"] = {
@@ -102,14 +98,6 @@ def load_rng_state(state: dict, loader: Any = None) -> None:
         # The saving job may have seen more GPUs than this one (8-GPU node -> 1 GPU).
         for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
             torch.cuda.set_rng_state(cuda_state, index)
-    generator = getattr(loader, "generator", None)
-    if generator is not None and "loader" in state:
-        generator.set_state(state["loader"])
-    transform = _transform_of(loader)
-    if transform is not None and "augment" in state:
-        # In place: the transforms inside the Compose share these very objects.
-        transform.random_generator.bit_generator.state = state["augment"]["numpy"]
-        transform.py_random.setstate(_as_tuple(state["augment"]["python"]))
 
 
 def _as_tuple(value: Any) -> Any:

@@ -368,19 +368,17 @@ class TrainingParts:
     stopper: EarlyStopping
     train_loader: DataLoader
     ema: ModelEma | None = None
-    batch_transform: Callable | None = None  # e.g. MixBatch, whose generator is saved too
+    batch_transform: Callable | None = None  # e.g. MixBatch (seeded per epoch, no state)
 
     def state_dict(self, epoch: int, history: list[dict[str, float]]) -> dict:
-        mix = getattr(self.batch_transform, "state_dict", None)
         return {
-            "mix": mix() if mix else None,
             "model": distributed.unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "early_stopping": self.stopper.state_dict(),
-            "rng": rng_state(self.train_loader),
+            "rng": rng_state(),
             "epoch": epoch,
             "history": history,
         }
@@ -395,9 +393,7 @@ class TrainingParts:
         self.stopper.load_state_dict(state["early_stopping"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
-        load_rng_state(state["rng"], self.train_loader)
-        if state.get("mix") is not None and hasattr(self.batch_transform, "load_state_dict"):
-            self.batch_transform.load_state_dict(state["mix"])
+        load_rng_state(state["rng"])
         if self.stopper.should_stop:
             raise TrainingError(
                 f"nothing to resume: the run stopped early after epoch {state['epoch'] + 1}"
@@ -480,7 +476,10 @@ def fit(
         parts.enter_epoch(epoch, on_epoch_start, cfg.compile)
         model, optimizer, schedule = parts.model, parts.optimizer, parts.schedule
         eval_model = ema.module if ema is not None else model
-        distributed.set_epoch(train_loader, epoch)
+        # Shuffle order, augmentations and mixing are functions of (seed, epoch): tell them which.
+        for part in (getattr(train_loader, "sampler", None), batch_transform):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
         train = train_one_epoch(
             model,
             train_loader,

@@ -147,16 +147,27 @@ def test_resume_after_a_strategy_unfroze_layers_equals_an_uninterrupted_run(
     [
         ("augment.mixup_alpha=0.4", "augment.cutmix_alpha=1.0"),  # the mixing generator
         ("finetune=frozen", "augment=none", "train.cache_features=true"),  # feature shuffling
+        ("data.num_workers=2",),  # new workers after the restart: order and augmentations
     ],
-    ids=["mixup", "cached_features"],
+    ids=["mixup", "cached_features", "loader_workers"],
 )
-def test_resume_repeats_the_random_draws_of_mixing_and_cached_features(
+def test_resume_repeats_the_random_draws_of_mixing_features_and_workers(
     folder_cfg, tmp_path, monkeypatch, extra
 ):
     extra = (*extra, "train.epochs=3", "tracking.enabled=false")
     full, resumed, _ = _cut_at_epoch_then_resume(folder_cfg, tmp_path, monkeypatch, 2, extra)
     assert _losses(resumed) == _losses(full)
     assert resumed.test_metrics == full.test_metrics
+
+
+def test_loader_workers_do_not_change_the_result(folder_cfg, tmp_path):
+    # Augmentations are seeded per batch from (seed, epoch, position), not per worker.
+    runs = [
+        run_train(folder_cfg(f"data.num_workers={n}", "tracking.enabled=false"), tmp_path / str(n))
+        for n in (0, 2)
+    ]
+    assert _losses(runs[0]) == _losses(runs[1])
+    assert runs[0].test_metrics == runs[1].test_metrics
 
 
 @pytest.mark.slow  # two short trainings

@@ -8,7 +8,13 @@ import torch
 
 from pipeline.augment import AugmentConfig, build_train_transform
 from pipeline.data import ImageDataset, ImageSet, build_loader
-from pipeline.repro import load_rng_state, rng_state, seed_transform, set_deterministic
+from pipeline.repro import (
+    epoch_seed,
+    load_rng_state,
+    rng_state,
+    seed_transform,
+    set_deterministic,
+)
 
 
 def _augmented_loader(num_workers: int, seed: int = 0):
@@ -32,24 +38,61 @@ def test_worker_augmentations_are_seeded_and_distinct():
     assert not torch.equal(first[0], other_seed[0])
 
 
-def test_rng_state_round_trip_covers_every_source():
-    loader = _augmented_loader(num_workers=0)
-    state = rng_state(loader)
+def test_rng_state_round_trip_covers_every_global_source():
+    state = rng_state()
 
     def draw():
-        return (
-            random.random(),
-            float(np.random.rand()),
-            float(torch.rand(())),
-            [b[0] for b in loader],  # shuffle generator + albumentations generators
-        )
+        return random.random(), float(np.random.rand()), float(torch.rand(()))
 
     before = draw()
-    load_rng_state(state, loader)
-    after = draw()
-    assert before[:3] == after[:3]
-    assert all(torch.equal(a, b) for a, b in zip(before[3], after[3], strict=True))
-    assert set(state) == {"python", "numpy", "torch", "cuda", "loader", "augment"}
+    load_rng_state(state)
+    assert draw() == before
+    assert set(state) == {"python", "numpy", "torch", "cuda"}
+
+
+def _distinct_images_loader(num_workers: int, seed: int = 0, weighted: bool = False):
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(12)]
+    labels = np.arange(12) % 3
+    transform = build_train_transform(AugmentConfig(preset="strong"), 24, 1.0, "bilinear")
+    return build_loader(
+        ImageDataset(ImageSet(images, labels, ["a", "b", "c"]), transform),
+        4,
+        train=True,
+        num_workers=num_workers,
+        seed=seed,
+        sample_weights=np.linspace(1, 2, 12) if weighted else None,
+    )
+
+
+def _epoch(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def _same(a, b) -> bool:
+    return all(
+        torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b, strict=True)
+    )
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_training_batches_are_a_function_of_seed_and_epoch_only(weighted):
+    """Order and augmentations: the same with and without workers, and for a resumed run."""
+    no_workers = _distinct_images_loader(0, weighted=weighted)
+    epochs = [_epoch(no_workers) for _ in range(2)]
+    assert not _same(epochs[0], epochs[1])  # each epoch shuffles and augments anew
+    workers = _distinct_images_loader(2, weighted=weighted)
+    assert _same(epochs[0], _epoch(workers)) and _same(epochs[1], _epoch(workers))
+    # A resumed run builds a new loader (and new workers) and starts at epoch 1.
+    resumed = _distinct_images_loader(2, weighted=weighted)
+    resumed.sampler.set_epoch(1)
+    assert _same(epochs[1], _epoch(resumed))
+    assert not _same(epochs[0], _epoch(_distinct_images_loader(0, seed=1, weighted=weighted)))
+
+
+def test_epoch_seeds_do_not_overlap_across_seeds():
+    seeds = {epoch_seed(seed, epoch) for seed in range(20) for epoch in range(20)}
+    assert len(seeds) == 400 and all(0 <= s < 2**63 for s in seeds)
 
 
 @pytest.fixture
