@@ -110,13 +110,10 @@ class FeatureLoader:
             order = torch.tensor(list(self.sampler), dtype=torch.long)
         else:
             order = torch.arange(len(self.labels))
-        batches = list(order.split(self.batch_size))[: len(self)]  # drop_last as for images
-        if not batches:
-            return
         # One host-to-device copy per epoch: a copy from pageable memory per batch would
         # wait for the GPU to finish each step first.
-        on_device = torch.cat(batches).to(self.features.device)
-        for index in on_device.split([len(b) for b in batches]):
+        order = order[: len(self) * self.batch_size].to(self.features.device)  # drop_last
+        for index in order.split(self.batch_size):
             yield self.features[index], self.labels[index]
 
 
