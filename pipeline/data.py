@@ -126,6 +126,21 @@ class Splits:
     test: ImageSet
     skipped: list[str] = field(default_factory=list)  # unreadable files left out
 
+    def __post_init__(self) -> None:
+        names = self.class_names
+        if len(names) < 2:
+            raise DataError(f"data: found {len(names)} class {names}; a classifier needs 2 or more")
+        empty = [name for name in SPLITS if len(getattr(self, name)) == 0]
+        if empty:
+            raise DataError(
+                f"data: the {' and '.join(empty)} split is empty (sizes {self.sizes()}): add "
+                "images, or raise data.val_fraction / data.test_fraction"
+            )
+        for name in ("val", "test"):
+            missing = [c for c, n in getattr(self, name).class_counts().items() if n == 0]
+            if missing:
+                log.warning("no %s images of class(es) %s: too few images to split", name, missing)
+
     @property
     def class_names(self) -> list[str]:
         return self.train.class_names

@@ -58,6 +58,29 @@ def test_csv_labels_pointing_to_missing_files_list_the_first_few(tmp_path):
     assert "gone/5.png" not in message and "(and 3 more)" in message
 
 
+def test_csv_listing_an_image_twice_is_refused(tmp_path):
+    # Listed twice, an image could land in train and in test: a leak no metric would show.
+    write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=6)
+    rows = ["path,label"] + [f"imgs/{c}/img {i}.png,{c}" for c in "ab" for i in range(6)]
+    cfg = DataConfig(name="csv", root=str(_csv(tmp_path / "m.csv", [*rows, rows[3]])))
+    with pytest.raises(
+        DataError, match=r"line 14: imgs/a/img 2.png is listed again \(first on line 4\)"
+    ):
+        build_splits(cfg, seed=0)
+
+
+def test_one_class_and_empty_splits_fail_in_one_line(tmp_path):
+    one = write_image_folder(tmp_path / "one", classes=("a",), per_class=6)
+    with pytest.raises(DataError, match=r"found 1 class \['a'\]; a classifier needs 2 or more"):
+        build_splits(DataConfig(name="folder", root=str(one)), seed=0)
+    two = write_image_folder(tmp_path / "two", classes=("a", "b"), per_class=2)  # 0.2 x 2 -> 0
+    with pytest.raises(DataError, match="the val and test split is empty") as err:
+        build_splits(DataConfig(name="folder", root=str(two)), seed=0)
+    assert "\n" not in str(err.value)
+    with pytest.raises(DataError, match="the val split is empty"):
+        build_splits(DataConfig(name="digits", val_fraction=0.0), seed=0)
+
+
 def test_csv_without_path_column_fails_in_one_line(tmp_path):
     cfg = DataConfig(name="csv", root=str(_csv(tmp_path / "m.csv", ["file,label", "x.png,a"])))
     with pytest.raises(DataError, match="path and label columns"):
