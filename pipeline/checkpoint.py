@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import ConfigError
+
 
 def save_atomic(payload: Any, path: str | Path) -> Path:
     """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
@@ -27,5 +29,21 @@ def save_atomic(payload: Any, path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+def first_line(exc: BaseException) -> str:
+    """torch.load's errors run to a dozen lines of advice; the first says what went wrong."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
+    """A dict saved by torch.save; anything else ends in one ConfigError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle errors, truncated files, not a torch file at all
+        raise ConfigError(f"{path} is not a readable {what}: {first_line(exc)}") from exc
+    if not isinstance(state, dict):
+        raise ConfigError(f"{path} is not a {what}: it holds a {type(state).__name__}")
+    return state

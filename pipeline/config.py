@@ -7,6 +7,7 @@ plain typed objects. Unknown keys and bad values fail here, before any work, wit
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
     for option in options:
         origin = typing.get_origin(option) or option
         if origin is float and isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # nan slips through every `x <= 0` style check
+                raise ConfigError(f"{key} must be a finite number, got {value}")
             return float(value)
         if origin is int and isinstance(value, int) and not isinstance(value, bool):
             return value

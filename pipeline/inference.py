@@ -26,6 +26,7 @@ from pipeline.config import RunConfig, run_config_from_dict
 from pipeline.data import IMAGE_EXTENSIONS, DeviceNormalize, read_rgb
 from pipeline.errors import ConfigError, DataError
 from pipeline.model import Classifier, build_model
+from pipeline.tracking import mlflow_client
 from pipeline.train import Batches, resolve_device
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,8 @@ def _download(client, run_id: str, path: str, dst: Path) -> Path | None:
 def _fetch_run_files(cfg: RunConfig, work_dir: Path) -> dict[str, Path | None]:
     """config.yaml, checkpoints/best.pt and confusion_matrix.json (class names) of a run."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=cfg.tracking.uri)
+    client = mlflow_client(cfg.tracking.uri)
     try:
         client.get_run(cfg.run_id)
     except MlflowException as exc:
@@ -196,7 +196,10 @@ def _class_names(labels_file: Path | None, state: dict) -> list[str]:
     """Class names in label order, as training logged them; generic names as a last resort."""
     if labels_file is not None:
         return list(json.loads(labels_file.read_text())["labels"])
-    num_classes = next(v.shape[0] for k, v in reversed(state.items()) if k.endswith("weight"))
+    weights = [v for k, v in state.items() if k.endswith("weight") and hasattr(v, "shape")]
+    if not weights:
+        raise ConfigError("the checkpoint holds no model weights (expected best.pt of a run)")
+    num_classes = weights[-1].shape[0]
     log.warning("no confusion_matrix.json beside the checkpoint: classes named by index")
     return [f"class_{i}" for i in range(num_classes)]
 
@@ -240,9 +243,7 @@ def linked_run(cfg: RunConfig, trained: TrainedModel, stage: str):
 
     tracking, tags = cfg.tracking, {"stage": stage, "backbone": trained.cfg.backbone.name}
     if trained.run_id and tracking.enabled:
-        from mlflow.tracking import MlflowClient
-
-        client = MlflowClient(tracking_uri=tracking.uri)
+        client = mlflow_client(tracking.uri)
         experiment_id = client.get_run(trained.run_id).info.experiment_id
         experiment = client.get_experiment(experiment_id).name
         tracking = dataclasses.replace(tracking, experiment=experiment)
@@ -254,9 +255,7 @@ def linked_run(cfg: RunConfig, trained: TrainedModel, stage: str):
 
 def fetch_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
     """The per-epoch train/val curves a training run logged, as `fit` returned them."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = mlflow_client(tracking_uri)
     by_step: dict[int, dict[str, float]] = {}
     for name in ("train/loss", "train/acc", "val/loss", "val/acc"):
         for metric in client.get_metric_history(run_id, name):

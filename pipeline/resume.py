@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import ConfigError
-from pipeline.tracking import TrackingConfig
+from pipeline.tracking import TrackingConfig, mlflow_client
 
 CHECKPOINT_DIR_TAG = "checkpoint.dir"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -30,9 +30,13 @@ class ResumePoint:
         return int(self.state["epoch"]) + 1
 
 
-def _load(checkpoint_dir: Path, run_id: str | None) -> ResumePoint:
-    state = load_checkpoint(checkpoint_dir / "last.pt")
-    return ResumePoint(state, checkpoint_dir, run_id or state.get("run_id"))
+def _load(path: Path, run_id: str | None) -> ResumePoint:
+    """`path`: a last.pt (by any name); the run goes on writing checkpoints beside it."""
+    state = load_checkpoint(path, "training checkpoint (last.pt)")
+    if not {"model", "optimizer", "epoch", "history"} <= state.keys():
+        hint = " (best.pt holds weights only: resume from last.pt)" if "model" in state else ""
+        raise ConfigError(f"train.resume={path}: not a last.pt training checkpoint{hint}")
+    return ResumePoint(state, path.parent, run_id or state.get("run_id"))
 
 
 def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) -> ResumePoint:
@@ -40,7 +44,7 @@ def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) ->
     if path.is_dir():
         path = path / "last.pt"
     if path.is_file():
-        return _load(path.resolve().parent, None)
+        return _load(path.resolve(), None)
     if not RUN_ID.fullmatch(spec):
         raise ConfigError(f"train.resume={spec}: no such checkpoint file, and not an MLflow run id")
     if not tracking.enabled:
@@ -48,16 +52,15 @@ def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) ->
             "train.resume=<run id> needs tracking.enabled=true; or pass the path to last.pt"
         )
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking.uri)
+    client = mlflow_client(tracking.uri)
     try:
         run = client.get_run(spec)
     except MlflowException as exc:
         raise ConfigError(f"train.resume={spec}: no such run in {tracking.uri}") from exc
     local = run.data.tags.get(CHECKPOINT_DIR_TAG)
     if local and (Path(local) / "last.pt").is_file():
-        return _load(Path(local), spec)
+        return _load(Path(local) / "last.pt", spec)
     try:
         downloaded = Path(client.download_artifacts(spec, "checkpoints", str(scratch_dir)))
     except (MlflowException, OSError):
@@ -67,4 +70,4 @@ def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) ->
             f"train.resume={spec}: no checkpoint found (not in {local or 'an unrecorded folder'}, "
             "nor in the run's artifacts under checkpoints/); did the run finish an epoch?"
         )
-    return _load(downloaded, spec)
+    return _load(downloaded / "last.pt", spec)

@@ -15,6 +15,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+SERVER_PROBE_TIMEOUT_S = 5.0
 
 
 @dataclass
@@ -99,9 +100,47 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     return client.create_experiment(cfg.experiment, artifact_location=location)
 
 
-def _ensure_sqlite_dir(uri: str) -> None:
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+def _check_server(uri: str) -> None:
+    """An unreachable tracking server makes MLflow retry for minutes: ask it once, briefly.
+    Any HTTP answer (even 401 or 404) means a server is there."""
+    import urllib.error
+    import urllib.request
+
+    from pipeline.errors import ConfigError
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConfigError(
+            f"tracking.uri={uri}: no MLflow server answers ({reason}); start one, or use "
+            "the local store (tracking.uri=sqlite:///mlruns/mlflow.db), or tracking.enabled=false"
+        ) from exc
+
+
+def _store_error(uri: str, exc: Exception) -> Exception:
+    from pipeline.errors import ConfigError
+
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return ConfigError(f"tracking.uri={uri}: cannot open the MLflow store: {first}")
+
+
+def mlflow_client(uri: str) -> Any:
+    """An MlflowClient for `uri`, after checks that fail in seconds with one line."""
+    if uri.startswith(("http://", "https://")):
+        _check_server(uri)
+    try:
+        if uri.startswith("sqlite:///"):
+            db = Path(uri.removeprefix("sqlite:///")).expanduser()
+            db.parent.mkdir(parents=True, exist_ok=True)
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=uri)
+    except Exception as exc:  # an unknown scheme, an unwritable folder
+        raise _store_error(uri, exc) from exc
 
 
 def _reopen_run(client: Any, run_id: str, tags: Mapping[str, str]) -> Run:
@@ -133,21 +172,25 @@ def start_run(
     if not cfg.enabled:
         yield Run()
         return
-    _ensure_sqlite_dir(cfg.uri)
-    from mlflow.tracking import MlflowClient
+    from pipeline.errors import PipelineError
 
-    client = MlflowClient(tracking_uri=cfg.uri)
+    client = mlflow_client(cfg.uri)
     run_tags = {**cfg.tags, **(tags or {})}
     if cfg.parent_run_id:
         run_tags["mlflow.parentRunId"] = cfg.parent_run_id
-    if run_id:
-        run = _reopen_run(client, run_id, run_tags)
-    else:
-        experiment_id = _experiment_id(client, cfg)
-        if cfg.run_name:
-            run_tags["mlflow.runName"] = cfg.run_name
-        mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
-        run = Run(client, mlflow_run.info.run_id)
+    try:
+        if run_id:
+            run = _reopen_run(client, run_id, run_tags)
+        else:
+            experiment_id = _experiment_id(client, cfg)
+            if cfg.run_name:
+                run_tags["mlflow.runName"] = cfg.run_name
+            mlflow_run = client.create_run(experiment_id, tags=run_tags, run_name=cfg.run_name)
+            run = Run(client, mlflow_run.info.run_id)
+    except PipelineError:
+        raise
+    except Exception as exc:  # a store that cannot be created or written, a refused request
+        raise _store_error(cfg.uri, exc) from exc
     try:
         yield run
     except KeyboardInterrupt:

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pipeline.checkpoint import first_line
 from pipeline.errors import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
@@ -67,18 +68,24 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise WeightsUnavailableError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
-        raise WeightsUnavailableError(f"cannot read weights file {path}: {exc}") from exc
+        raise WeightsUnavailableError(
+            f"cannot read weights file {path}: {first_line(exc)}"
+        ) from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
+    if not isinstance(obj, dict):
+        raise WeightsUnavailableError(
+            f"weights file {path} holds a {type(obj).__name__}, not a state dict"
+        )
     state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not state:
         raise WeightsUnavailableError(f"no tensors in weights file {path}")

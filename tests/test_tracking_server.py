@@ -87,3 +87,26 @@ def test_run_metrics_and_artifacts_arrive_at_a_tracking_server(
     assert {"config.yaml", "confusion_matrix.png", "checkpoints"} <= names
     stored = {p.name for p in artifact_store.rglob("*") if p.is_file()}
     assert {"config.yaml", "best.pt", "splits.csv"} <= stored
+
+
+def test_unreachable_or_unusable_tracking_store_fails_in_seconds_with_one_line(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.tracking import TrackingConfig, start_run
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cases = {
+        f"http://127.0.0.1:{port}": "no MLflow server answers",  # MLflow alone retries minutes
+        "foo://bar": "cannot open the MLflow store: ",
+        f"sqlite:///{blocker}/sub/mlflow.db": "cannot open the MLflow store: ",
+    }
+    for uri, message in cases.items():
+        start = time.perf_counter()
+        with pytest.raises(ConfigError) as info, start_run(TrackingConfig(uri=uri)):
+            pass
+        assert time.perf_counter() - start < 10, uri
+        assert str(info.value).startswith(f"tracking.uri={uri}: {message}"), info.value
+        assert "\n" not in str(info.value)

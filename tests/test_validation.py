@@ -26,6 +26,8 @@ from pipeline.stages import run_train
         ("train.grad_clip=0", "train.grad_clip must be > 0"),
         ("train.device=gpu", "train.device must be auto, cpu, cuda or cuda:N"),
         ("seed=-1", "seed must be in [0, 2**32)"),
+        ("optim.lr=nan", "optim.lr must be a finite number, got nan"),
+        ("optim.weight_decay=inf", "optim.weight_decay must be a finite number, got inf"),
     ],
 )
 def test_bad_value_fails_in_the_config_with_one_line(override, message):
@@ -56,3 +58,37 @@ def test_resume_from_nothing_fails_before_any_work(tiny_cfg, tmp_path, monkeypat
         run_train(tiny_cfg("train.resume=/no/such/last.pt"), tmp_path / "out")
     with pytest.raises(ConfigError, match=r"train.resume=0{32}: no such run in sqlite"):
         run_train(tiny_cfg(f"train.resume={'0' * 32}"), tmp_path / "out")
+
+
+def test_resume_from_a_file_that_is_not_last_pt_says_so(tiny_cfg, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr("pipeline.stages.train.run_splits", lambda *a, **k: 1 / 0)
+    junk, best = tmp_path / "junk.pt", tmp_path / "best.pt"
+    junk.write_text("not a checkpoint")
+    torch.save({"model": {}, "epoch": 0}, best)
+    for path, message in (
+        (junk, r"junk.pt is not a readable training checkpoint \(last.pt\): "),
+        (best, r"not a last.pt training checkpoint \(best.pt holds weights only"),
+    ):
+        with pytest.raises(ConfigError, match=message) as info:
+            run_train(tiny_cfg(f"train.resume={path}"), tmp_path / "out")
+        assert "\n" not in str(info.value)
+
+
+def test_resume_with_another_model_fails_before_touching_the_finished_run(
+    tiny_cfg, mlflow_uri, tmp_path
+):
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", per_class=6)
+    done = run_train(tiny_cfg("data=folder", f"data.root={root}"), tmp_path / "done")
+    other = tiny_cfg(
+        "data=folder", f"data.root={root}", "head=mlp", "train.epochs=2",
+        f"train.resume={done.run_id}",
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"the checkpoint's model does not fit this config"):
+        run_train(other, tmp_path / "again")
+    assert MlflowClient(mlflow_uri).get_run(done.run_id).info.status == "FINISHED"

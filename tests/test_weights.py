@@ -135,6 +135,19 @@ def test_pickled_non_tensor_checkpoint_is_refused(tmp_path):
         read_state_dict(path)
 
 
+def test_unreadable_weights_files_fail_in_one_line(tmp_path):
+    cases = {
+        "list.pth": lambda p: torch.save([torch.zeros(1)], p),
+        "bad.safetensors": lambda p: p.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not json"),
+        "notes.pth": lambda p: p.write_text("hello"),
+    }
+    for name, write in cases.items():
+        write(tmp_path / name)
+        with pytest.raises(WeightsUnavailableError) as info:
+            read_state_dict(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value), name
+
+
 def test_offline_without_weights_fails_fast_naming_the_fixes(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))

@@ -77,12 +77,9 @@ class PeakMemory:
 
 
 def _client_and_experiment(tracking: TrackingConfig):
-    from mlflow.tracking import MlflowClient
+    from pipeline.tracking import _experiment_id, mlflow_client
 
-    from pipeline.tracking import _ensure_sqlite_dir, _experiment_id
-
-    _ensure_sqlite_dir(tracking.uri)
-    client = MlflowClient(tracking_uri=tracking.uri)
+    client = mlflow_client(tracking.uri)
     return client, _experiment_id(client, tracking)
 
 
@@ -292,9 +289,9 @@ def _run_children(
 
 
 def _client(tracking: TrackingConfig) -> Any:
-    from mlflow.tracking import MlflowClient
+    from pipeline.tracking import mlflow_client
 
-    return MlflowClient(tracking_uri=tracking.uri)
+    return mlflow_client(tracking.uri)
 
 
 def _cuda_device(cfg: RunConfig, torch: Any) -> str | None:

@@ -26,7 +26,7 @@ from pipeline.data import (
 )
 from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
-from pipeline.errors import TrainingError
+from pipeline.errors import ConfigError, TrainingError
 from pipeline.features import cached_feature_loaders, check_cache_features
 from pipeline.finetune import apply_finetune, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
@@ -234,6 +234,23 @@ def _check_resume(cfg: RunConfig, out_dir: Path) -> ResumePoint | None:
     return resume
 
 
+def _check_checkpoint_fits(model: torch.nn.Module, state: dict, spec: str) -> None:
+    """Before the MLflow run is reopened: a resume whose backbone, head or classes changed
+    would fail in load_state_dict and mark a finished run FAILED."""
+    expected, saved = model.state_dict(), state["model"]
+    misfits = sorted(expected.keys() ^ saved.keys()) + [
+        f"{key} {tuple(saved[key].shape)} -> {tuple(value.shape)}"
+        for key, value in expected.items()
+        if key in saved and saved[key].shape != value.shape
+    ]
+    if misfits:
+        raise ConfigError(
+            f"train.resume={spec}: the checkpoint's model does not fit this config "
+            f"({len(misfits)} tensors differ, e.g. {misfits[0]}): resume with the run's own "
+            "backbone, head and data"
+        )
+
+
 def _build_training(
     cfg: RunConfig, splits: Splits, device: torch.device, dist_info: distributed.DistInfo
 ) -> _Training:
@@ -395,6 +412,8 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         splits = run_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
     training = _build_training(cfg, splits, device, dist_info)
+    if resume is not None:
+        _check_checkpoint_fits(training.model, resume.state, cfg.train.resume)
 
     checkpoint_dir = resume.checkpoint_dir if resume else out_dir / "checkpoints"
     tracking = cfg.tracking if main else dataclasses.replace(cfg.tracking, enabled=False)
