@@ -24,19 +24,20 @@ class ResumePoint:
     state: dict  # the last.pt payload (see pipeline.train.TrainingParts)
     checkpoint_dir: Path  # where last.pt and best.pt live, and keep being written
     run_id: str | None  # the MLflow run to continue; None: the old run was not tracked
+    status: str | None = None  # that run's MLflow status, when looked up by run id
 
     @property
     def epochs_done(self) -> int:
         return int(self.state["epoch"]) + 1
 
 
-def _load(path: Path, run_id: str | None) -> ResumePoint:
+def _load(path: Path, run_id: str | None, status: str | None = None) -> ResumePoint:
     """`path`: a last.pt (by any name); the run goes on writing checkpoints beside it."""
     state = load_checkpoint(path, "training checkpoint (last.pt)")
     if not {"model", "optimizer", "epoch", "history"} <= state.keys():
         hint = " (best.pt holds weights only: resume from last.pt)" if "model" in state else ""
         raise ConfigError(f"train.resume={path}: not a last.pt training checkpoint{hint}")
-    return ResumePoint(state, path.parent, run_id or state.get("run_id"))
+    return ResumePoint(state, path.parent, run_id or state.get("run_id"), status)
 
 
 def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) -> ResumePoint:
@@ -60,7 +61,7 @@ def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) ->
         raise ConfigError(f"train.resume={spec}: no such run in {tracking.uri}") from exc
     local = run.data.tags.get(CHECKPOINT_DIR_TAG)
     if local and (Path(local) / "last.pt").is_file():
-        return _load(Path(local) / "last.pt", spec)
+        return _load(Path(local) / "last.pt", spec, run.info.status)
     try:
         downloaded = Path(client.download_artifacts(spec, "checkpoints", str(scratch_dir)))
     except (MlflowException, OSError):
@@ -70,4 +71,4 @@ def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) ->
             f"train.resume={spec}: no checkpoint found (not in {local or 'an unrecorded folder'}, "
             "nor in the run's artifacts under checkpoints/); did the run finish an epoch?"
         )
-    return _load(downloaded / "last.pt", spec)
+    return _load(downloaded / "last.pt", spec, run.info.status)

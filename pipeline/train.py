@@ -394,10 +394,6 @@ class TrainingParts:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
         load_rng_state(state["rng"])
-        if self.stopper.should_stop:
-            raise TrainingError(
-                f"nothing to resume: the run stopped early after epoch {state['epoch'] + 1}"
-            )
         return state["epoch"] + 1
 
     def enter_epoch(
@@ -468,6 +464,8 @@ def fit(
         # over the parameters trainable at the saved epoch: rebuild that one before loading.
         parts.enter_epoch(resume["epoch"], on_epoch_start, cfg.compile)
         start_epoch = parts.load_state_dict(resume)
+        if stopper.should_stop:  # it had stopped early: nothing left to train
+            start_epoch = cfg.epochs
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
     start = time.perf_counter()

@@ -389,3 +389,28 @@ def test_resume_by_path_from_an_untracked_run_starts_a_run_with_the_history(
     assert client.get_run(resumed.run_id).info.status == "FINISHED"
     assert [s for s, _ in _history(client, resumed.run_id, "val/loss")] == [0, 1]
     assert client.get_run(resumed.run_id).data.params["backbone.name"] == "test_efficientnet"
+
+
+def test_interrupt_during_the_test_resumes_to_a_test_only_finish(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+):
+    import pipeline.stages.train as train_stage
+
+    full = run_train(folder_cfg(), tmp_path / "full")
+    real_predict = train_stage.predict
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_stage, "predict", interrupted)
+    with pytest.raises(Interrupted, match=r"continue with train.resume=(\w+)") as info:
+        run_train(folder_cfg(), tmp_path / "cut")
+    run_id = info.value.args[0].rsplit("train.resume=", 1)[1]
+    monkeypatch.setattr(train_stage, "predict", real_predict)
+    resumed = run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "resumed")
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and _losses(resumed) == _losses(full)
+    assert run.data.metrics["test/acc"] == full.test_metrics["test/acc"]
+    with pytest.raises(TrainingError, match="already finished after 2 epoch"):
+        run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "again")

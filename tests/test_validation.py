@@ -92,3 +92,14 @@ def test_resume_with_another_model_fails_before_touching_the_finished_run(
     with pytest.raises(ConfigError, match=r"the checkpoint's model does not fit this config"):
         run_train(other, tmp_path / "again")
     assert MlflowClient(mlflow_uri).get_run(done.run_id).info.status == "FINISHED"
+
+
+def test_batch_of_one_with_batchnorm_fails_the_run_with_a_hint(tiny_cfg, image_folder, tmp_path):
+    from pipeline.errors import TrainingError
+
+    cfg = tiny_cfg("data=folder", f"data.root={image_folder}", "data.batch_size=1")
+    with pytest.raises(
+        TrainingError,
+        match=r"BatchNorm needs 2 or more images per batch, got data\.batch_size=1: raise it",
+    ):
+        run_train(cfg, tmp_path / "out")

@@ -43,6 +43,7 @@ from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking import Run, flatten, start_run
 from pipeline.train import (
     Batches,
+    EarlyStopping,
     FitResult,
     fit,
     optimizer_steps_per_epoch,
@@ -227,10 +228,16 @@ def _check_resume(cfg: RunConfig, out_dir: Path) -> ResumePoint | None:
     changed = _config_changes(resume.state.get("config", {}), cfg.to_dict())
     if changed and resume.state.get("config"):
         log.warning("resuming with a changed config: %s", ", ".join(changed))
-    if resume.epochs_done >= cfg.train.epochs:
+    stopper = EarlyStopping(cfg.train.early_stopping)
+    stopper.load_state_dict(resume.state["early_stopping"])
+    trained = resume.epochs_done >= cfg.train.epochs or stopper.should_stop
+    if trained and resume.status == "FINISHED":
         raise TrainingError(
-            f"train.resume: the run already did {resume.epochs_done} of train.epochs={cfg.train.epochs}"
+            f"train.resume: the run already finished after {resume.epochs_done} epoch(s) of "
+            f"train.epochs={cfg.train.epochs}; raise train.epochs to train it further"
         )
+    if trained:  # stopped during the test, after training ended: test, and finish the run
+        log.info("training ended after epoch %d: testing only", resume.epochs_done)
     return resume
 
 
@@ -432,6 +439,12 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             raise Interrupted(_interrupted_message(exc, run, checkpoint_dir)) from None
         except Exception as exc:
             _keep_checkpoints(run, checkpoint_dir)
+            if "Expected more than 1 value per channel" in str(exc):  # BatchNorm, batch of 1
+                raise TrainingError(
+                    f"BatchNorm needs 2 or more images per batch, got data.batch_size="
+                    f"{cfg.data.batch_size}: raise it (train.accumulate_steps keeps the "
+                    "effective batch size)"
+                ) from exc
             if _out_of_memory(exc):
                 raise TrainingError(
                     f"CUDA out of memory at data.batch_size={cfg.data.batch_size}: lower "
