@@ -203,15 +203,15 @@ def _draft(img: Image.Image, min_size: int | None) -> None:
 
 
 def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
-    """Decode any PIL-readable image to uint8 RGB (grey, RGBA, palette, 16-bit, GIF frame 0).
+    """Decode any PIL-readable image to uint8 RGB (grey, RGBA, palette, 16-bit, float, GIF frame 0).
 
     `min_size` lets JPEG decoding downscale by 2/4/8 inside libjpeg (PIL's draft mode),
     which is several times faster than decoding full size and resizing afterwards.
     """
     with Image.open(path) as img:
         _draft(img, min_size)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-            arr = np.asarray(img, dtype=np.float32)
+        if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # F: float, often in [0, 1]
+            arr = np.clip(np.asarray(img, dtype=np.float32), 0, None)
             scale = 255.0 / max(float(arr.max()), 1.0)
             return np.repeat((arr * scale).astype(np.uint8)[..., None], 3, axis=-1)
         if img.mode in ("RGBA", "LA", "P"):

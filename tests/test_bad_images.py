@@ -37,6 +37,8 @@ def write_odd_images(folder):
     Image.fromarray(rgba, "RGBA").save(paths["rgba"])
     paths["png16"] = folder / "deep.png"
     Image.fromarray(grey.astype(np.uint16) * 257).save(paths["png16"])
+    paths["float"] = folder / "float.tif"  # a float TIFF in [0, 1] (mode F)
+    Image.fromarray(grey.astype(np.float32) / 255, "F").save(paths["float"])
     paths["gif"] = folder / "anim.gif"
     frames = [_photo().convert("P"), _photo().convert("P")]
     frames[0].save(paths["gif"], save_all=True, append_images=frames[1:])
@@ -65,6 +67,7 @@ def test_odd_formats_decode_to_uint8_rgb(tmp_path):
         image = read_rgb(str(path))
         assert image.dtype == np.uint8 and image.shape == (30, 40, 3), case
     assert read_rgb(str(paths["png16"]))[0, -1].tolist() == [255, 255, 255]  # 16 bit scaled
+    assert read_rgb(str(paths["float"]))[0, -1].tolist() == [255, 255, 255]  # was all black
     grey = read_rgb(str(paths["grey"]))
     assert (grey[..., 0] == grey[..., 2]).all()
     r, g, b = read_rgb(str(paths["rgba"]))[0, 0]  # composited on white
