@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import distributed
 from pipeline.config import CONF_DIR, run_config_from_dict
 from pipeline.errors import PipelineError
+from pipeline.signals import sigterm_as_interrupt
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -24,14 +25,18 @@ def _run(cfg: DictConfig) -> float | None:
 
     try:
         run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
-        result = STAGE_FUNCTIONS[run_cfg.stage](run_cfg, Path(HydraConfig.get().runtime.output_dir))
+        with sigterm_as_interrupt():  # every stage: a scheduler's kill ends its run KILLED
+            result = STAGE_FUNCTIONS[run_cfg.stage](
+                run_cfg, Path(HydraConfig.get().runtime.output_dir)
+            )
         # A sweeper (hparams_search=...) optimises what the task returns: stage=search's objective.
         return result if isinstance(result, float) else None
     except PipelineError as exc:
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the message says how to resume
-        raise SystemExit(f"interrupted: {str(exc) or 'the MLflow run is marked KILLED'}") from None
+        # An open MLflow run was marked KILLED on the way out (tracking.start_run).
+        raise SystemExit(f"interrupted: {str(exc) or 'Ctrl-C'}") from None
     finally:
         distributed.cleanup()  # leave a torchrun process group cleanly
 

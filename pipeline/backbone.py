@@ -83,7 +83,7 @@ def create_backbone(
         log.info("loaded %s weights for %s from %s", info.source, cfg.name, info.path)
     else:
         info = WeightsInfo("scratch")
-        log.info("training %s from scratch (random init)", cfg.name)
+        log.info("%s: random init (backbone.pretrained=false)", cfg.name)
     return model, input_spec_of(model, cfg.img_size), info
 
 
