@@ -53,6 +53,8 @@ class DataConfig:
     cache_images: bool = False
 
     def __post_init__(self) -> None:
+        if self.root == "???":  # Hydra's mark for a value the config leaves to the command line
+            self.root = None
         if self.name not in SOURCES:
             raise ConfigError(f"data.name={self.name!r} is not one of: {', '.join(SOURCES)}")
         if self.kfold < 0 or self.kfold == 1:
@@ -364,7 +366,8 @@ def build_splits(cfg: DataConfig, seed: int) -> Splits:
         raise ConfigError("data=folder needs data.root=<folder with class sub-folders>")
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data.root not found: {root}")
+        what = "is a file, not a folder (data=csv reads a CSV)" if root.is_file() else "not found"
+        raise DataError(f"data.root {what}: {root}")
     if not (root / "train").is_dir():
         images, skipped = scan_class_folders(root)
         images, bad = drop_unreadable(images, cfg.on_bad_image)

@@ -13,7 +13,7 @@ import pytest
 from pipeline.cifar import ARCHIVES, load_cifar, read_archive, unpickle_batch
 from pipeline.config import compose
 from pipeline.data import DataConfig, build_splits
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from tests.conftest import write_image_folder
 
 
@@ -90,6 +90,11 @@ def test_csv_without_path_column_fails_in_one_line(tmp_path):
 def test_missing_root_and_empty_class_folder_name_the_path(tmp_path):
     with pytest.raises(DataError, match=f"data.root not found: {tmp_path / 'nope'}$"):
         build_splits(DataConfig(name="folder", root=str(tmp_path / "nope")), seed=0)
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    with pytest.raises(DataError, match=r"data\.root is a file, not a folder"):
+        build_splits(DataConfig(name="folder", root=str(tmp_path / "labels.csv")), seed=0)
+    with pytest.raises(ConfigError, match=r"data=folder needs data\.root="):  # not "???"
+        build_splits(compose(["data=folder"]).data, seed=0)
     root = write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=3)
     (root / "empty").mkdir()
     with pytest.raises(DataError, match=f"class folder has no images: {root / 'empty'}$"):
