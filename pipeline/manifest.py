@@ -34,6 +34,9 @@ def load_csv(path: Path) -> tuple[dict[str, ImageSet], list[str]]:
     if not rows:
         raise DataError(f"CSV manifest has no rows: {path}")
 
+    if any(not row["path"] for row in rows):
+        line = next(i for i, row in enumerate(rows) if not row["path"]) + 2
+        raise DataError(f"{path} line {line}: empty path")
     base = path.parent
     files = [str(base / row["path"]) for row in rows]  # an absolute path replaces base
     missing = [

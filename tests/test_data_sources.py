@@ -81,6 +81,14 @@ def test_one_class_and_empty_splits_fail_in_one_line(tmp_path):
         build_splits(DataConfig(name="digits", val_fraction=0.0), seed=0)
 
 
+def test_csv_row_without_a_path_names_its_line(tmp_path):
+    cfg = DataConfig(
+        name="csv", root=str(_csv(tmp_path / "m.csv", ["path,label", "x.png,a", ",b"]))
+    )
+    with pytest.raises(DataError, match=r"m\.csv line 3: empty path$"):
+        build_splits(cfg, seed=0)
+
+
 def test_csv_without_path_column_fails_in_one_line(tmp_path):
     cfg = DataConfig(name="csv", root=str(_csv(tmp_path / "m.csv", ["file,label", "x.png,a"])))
     with pytest.raises(DataError, match="path and label columns"):
