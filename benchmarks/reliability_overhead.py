@@ -26,7 +26,7 @@ from pipeline.model import build_model
 from pipeline.optim import OptimConfig, build_optimizer
 from pipeline.repro import rng_state
 from pipeline.sched import SchedConfig, build_schedule
-from pipeline.train import EarlyStopping, EarlyStoppingConfig, training_state
+from pipeline.train import EarlyStopping, EarlyStoppingConfig, TrainingParts
 
 
 def checkpoint_cost(backbone: str, repeats: int) -> dict:
@@ -36,13 +36,13 @@ def checkpoint_cost(backbone: str, repeats: int) -> dict:
     model(torch.randn(2, 3, 64, 64)).sum().backward()
     optimizer.step()
     schedule = build_schedule(optimizer, SchedConfig(), 10, 100)
-    stopper = EarlyStopping(EarlyStoppingConfig())
+    parts = TrainingParts(model, optimizer, schedule, None, EarlyStopping(EarlyStoppingConfig()))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "last.pt"
         times = []
         for _ in range(repeats):
             tic = time.perf_counter()
-            state = training_state(model, optimizer, schedule, None, stopper, None, 0, [])
+            state = parts.state_dict(epoch=0, history=[])
             save_atomic(state, path)
             times.append(time.perf_counter() - tic)
         size = path.stat().st_size

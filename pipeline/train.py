@@ -366,7 +366,6 @@ class TrainingParts:
     schedule: Schedule
     scaler: torch.amp.GradScaler | None
     stopper: EarlyStopping
-    train_loader: DataLoader
     ema: ModelEma | None = None
     batch_transform: Callable | None = None  # e.g. MixBatch (seeded per epoch, no state)
 
@@ -456,9 +455,7 @@ def fit(
     main = distributed.is_main()  # only rank 0 writes checkpoints
     history: list[dict[str, float]] = []
     start_epoch = 0
-    parts = TrainingParts(
-        model, optimizer, schedule, scaler, stopper, train_loader, ema, batch_transform
-    )
+    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, ema, batch_transform)
     if resume is not None:
         # A strategy that unfreezes as it goes (gradual, linear_then_full) saved an optimizer
         # over the parameters trainable at the saved epoch: rebuild that one before loading.

@@ -96,3 +96,9 @@ def test_decode_breakdown_times_each_piece_of_the_data_path(tmp_path):
     }  # fmt: skip
     assert all(ms > 0 for ms in report["ms_per_image"].values())
     assert 0 < report["decode_share"] < 1
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BENCHMARKS.glob("*.py")))
+def test_every_benchmark_script_imports(name):
+    # A refactor once broke reliability_overhead.py's import and no test noticed.
+    assert hasattr(_load(name), "main") or name == "report"
