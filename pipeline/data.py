@@ -128,7 +128,10 @@ class Splits:
     test: ImageSet
     skipped: list[str] = field(default_factory=list)  # unreadable files left out
 
-    def __post_init__(self) -> None:
+    def check(self) -> Splits:
+        """The splits one run trains, selects and tests on: each needs images, and the task
+        two classes. (Not at construction: k-fold pools train+val first, so an empty val
+        split is fine there.)"""
         names = self.class_names
         if len(names) < 2:
             raise DataError(f"data: found {len(names)} class {names}; a classifier needs 2 or more")
@@ -142,6 +145,7 @@ class Splits:
             missing = [c for c, n in getattr(self, name).class_counts().items() if n == 0]
             if missing:
                 log.warning("no %s images of class(es) %s: too few images to split", name, missing)
+        return self
 
     @property
     def class_names(self) -> list[str]:
@@ -213,7 +217,8 @@ def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
     with Image.open(path) as img:
         _draft(img, min_size)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # F: float, often in [0, 1]
-            arr = np.clip(np.asarray(img, dtype=np.float32), 0, None)
+            arr = np.asarray(img, dtype=np.float32)
+            arr = np.clip(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), 0, None)
             scale = 255.0 / max(float(arr.max()), 1.0)
             return np.repeat((arr * scale).astype(np.uint8)[..., None], 3, axis=-1)
         if img.mode in ("RGBA", "LA", "P"):
@@ -529,6 +534,8 @@ def build_loader(
     function of (seed, epoch) through an `EpochSampler`. Eval: in order.
     A weighted sampler under DDP is not sharded: each rank draws its own weighted sample."""
     workers = default_num_workers() if num_workers is None else num_workers
+    # What this process draws: a DDP rank's shard, not the whole set.
+    drawn = len(sampler) if sampler is not None else len(dataset)
     if train:
         order = torch.Generator()  # reseeded each epoch by EpochSampler
         if sample_weights is not None:
@@ -539,16 +546,18 @@ def build_loader(
                 generator=order,
             )
         sampler = EpochSampler(
-            sampler or RandomSampler(dataset, generator=order),
+            sampler if sampler is not None else RandomSampler(dataset, generator=order),
             seed,
             order,
-            with_seeds=isinstance(dataset, ImageDataset),  # it seeds its augmentations
+            # ImageDataset seeds its augmentations from the items; a wrapper (Subset) would
+            # need to pass them on, or all loader workers would draw the same augmentations.
+            with_seeds=isinstance(dataset, ImageDataset),
         )
     return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        drop_last=train and len(dataset) > batch_size,
+        drop_last=train and drawn > batch_size,
         num_workers=workers,
         pin_memory=pin_memory,
         persistent_workers=workers > 0,

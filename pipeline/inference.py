@@ -136,6 +136,9 @@ def trained_config(saved: dict | None, current: RunConfig) -> RunConfig:
         return current
     saved = {k: v for k, v in saved.items() if k in {f.name for f in dataclasses.fields(RunConfig)}}
     saved["stage"] = current.stage
+    # How the run was started, not what it trained: older k-fold runs may hold a resume
+    # that today's config check refuses.
+    saved["train"] = {**saved.get("train", {}), "resume": None}
     run_cfg = run_config_from_dict(saved)
     data = dataclasses.replace(run_cfg.data, num_workers=current.data.num_workers)
     if current.data.root and current.data.root != run_cfg.data.root:

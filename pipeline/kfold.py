@@ -60,8 +60,8 @@ def run_splits(cfg: DataConfig, seed: int) -> Splits:
     """The splits one training run sees: the data's, or with data.fold=I that fold's."""
     splits = build_splits(cfg, seed)
     if cfg.kfold and cfg.fold is not None:
-        return kfold_splits(splits, cfg.kfold, seed)[0][cfg.fold]
-    return splits
+        splits = kfold_splits(splits, cfg.kfold, seed)[0][cfg.fold]
+    return splits.check()
 
 
 def summarize_folds(fold_metrics: list[dict[str, float]]) -> dict[str, float]:
@@ -94,6 +94,7 @@ def run_kfold(cfg: RunConfig, out_dir: Path):
     k = cfg.data.kfold
     splits = build_splits(cfg.data, cfg.seed)
     fold_splits, folds = kfold_splits(splits, k, cfg.seed)
+    fold_splits = [fold.check() for fold in fold_splits]
     config_path = out_dir / "config.yaml"
     config_path.write_text(
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)

@@ -38,7 +38,9 @@ def write_odd_images(folder):
     paths["png16"] = folder / "deep.png"
     Image.fromarray(grey.astype(np.uint16) * 257).save(paths["png16"])
     paths["float"] = folder / "float.tif"  # a float TIFF in [0, 1] (mode F)
-    Image.fromarray(grey.astype(np.float32) / 255, "F").save(paths["float"])
+    floats = grey.astype(np.float32) / 255
+    floats[5, 5] = np.nan  # a no-data pixel must not blacken the image
+    Image.fromarray(floats, "F").save(paths["float"])
     paths["gif"] = folder / "anim.gif"
     frames = [_photo().convert("P"), _photo().convert("P")]
     frames[0].save(paths["gif"], save_all=True, append_images=frames[1:])

@@ -14,6 +14,7 @@ from pipeline.cifar import ARCHIVES, load_cifar, read_archive, unpickle_batch
 from pipeline.config import compose
 from pipeline.data import DataConfig, build_splits
 from pipeline.errors import ConfigError, DataError
+from pipeline.kfold import run_splits
 from tests.conftest import write_image_folder
 
 
@@ -72,13 +73,16 @@ def test_csv_listing_an_image_twice_is_refused(tmp_path):
 def test_one_class_and_empty_splits_fail_in_one_line(tmp_path):
     one = write_image_folder(tmp_path / "one", classes=("a",), per_class=6)
     with pytest.raises(DataError, match=r"found 1 class \['a'\]; a classifier needs 2 or more"):
-        build_splits(DataConfig(name="folder", root=str(one)), seed=0)
+        run_splits(DataConfig(name="folder", root=str(one)), seed=0)
     two = write_image_folder(tmp_path / "two", classes=("a", "b"), per_class=2)  # 0.2 x 2 -> 0
     with pytest.raises(DataError, match="the val and test split is empty") as err:
-        build_splits(DataConfig(name="folder", root=str(two)), seed=0)
+        run_splits(DataConfig(name="folder", root=str(two)), seed=0)
     assert "\n" not in str(err.value)
     with pytest.raises(DataError, match="the val split is empty"):
-        build_splits(DataConfig(name="digits", val_fraction=0.0), seed=0)
+        run_splits(DataConfig(name="digits", val_fraction=0.0), seed=0)
+    # K-fold pools train+val before it deals the folds: no val fraction is needed there.
+    fold = run_splits(DataConfig(name="digits", val_fraction=0.0, kfold=3, fold=0), seed=0)
+    assert min(fold.sizes().values()) > 300
 
 
 def test_csv_row_without_a_path_names_its_line(tmp_path):

@@ -111,3 +111,14 @@ def test_deterministic_flag_sets_torch_and_cudnn(restore_determinism, monkeypatc
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     set_deterministic(False)
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_given_sampler_is_used_even_when_it_is_empty():
+    # A DDP shard can be empty (fewer images than ranks): it must not become a full shuffle.
+    from torch.utils.data import SubsetRandomSampler
+
+    loader = _distinct_images_loader(0)
+    empty = build_loader(
+        loader.dataset, 4, train=True, num_workers=0, seed=0, sampler=SubsetRandomSampler([])
+    )
+    assert list(empty) == []

@@ -15,8 +15,9 @@ import torch
 
 from pipeline.augment import build_train_transform
 from pipeline.config import RunConfig
-from pipeline.data import DeviceNormalize, ImageDataset, build_loader, build_splits
+from pipeline.data import DeviceNormalize, ImageDataset, build_loader
 from pipeline.finetune import apply_finetune
+from pipeline.kfold import run_splits
 from pipeline.lr_find import LRFindResult, lr_range_test
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
@@ -36,7 +37,7 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
-    splits = build_splits(cfg.data, cfg.seed)
+    splits = run_splits(cfg.data, cfg.seed)
     model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
     apply_finetune(model, cfg.finetune)
     crop_pct = cfg.augment.crop_pct or spec.crop_pct
