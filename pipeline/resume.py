@@ -40,12 +40,24 @@ def _load(path: Path, run_id: str | None, status: str | None = None) -> ResumePo
     return ResumePoint(state, path.parent, run_id or state.get("run_id"), status)
 
 
+def _run_status(run_id: str, tracking: TrackingConfig) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow_client(tracking.uri).get_run(run_id).info.status
+    except MlflowException:  # the run lives in another store: nothing to check against
+        return None
+
+
 def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) -> ResumePoint:
     path = Path(spec).expanduser()
     if path.is_dir():
         path = path / "last.pt"
     if path.is_file():
-        return _load(path.resolve(), None)
+        point = _load(path.resolve(), None)
+        if point.run_id and tracking.enabled:  # a file from a tracked run: is that run done?
+            point.status = _run_status(point.run_id, tracking)
+        return point
     if not RUN_ID.fullmatch(spec):
         raise ConfigError(f"train.resume={spec}: no such checkpoint file, and not an MLflow run id")
     if not tracking.enabled:

@@ -549,6 +549,11 @@ def fit(
             )
             break
     if cfg.early_stopping.restore_best:
+        if main and stopper.best_epoch >= 0 and not best_path.exists():
+            raise TrainingError(
+                f"{best_path} (epoch {stopper.best_epoch + 1}, the best) is gone: cannot restore "
+                "the best weights; train.early_stopping.restore_best=false tests the last ones"
+            )
         if main and best_path.exists():
             distributed.unwrap(model).load_state_dict(load_checkpoint(best_path)["model"])
         distributed.broadcast_model(model)  # rank 0 holds the best weights

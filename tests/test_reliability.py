@@ -407,10 +407,19 @@ def test_interrupt_during_the_test_resumes_to_a_test_only_finish(
         run_train(folder_cfg(), tmp_path / "cut")
     run_id = info.value.args[0].rsplit("train.resume=", 1)[1]
     monkeypatch.setattr(train_stage, "predict", real_predict)
+    best = tmp_path / "cut" / "checkpoints" / "best.pt"
+    best.rename(best.with_suffix(".away"))  # the best weights must not silently go missing
+    with pytest.raises(TrainingError, match=r"best.pt \(epoch \d, the best\) is gone"):
+        run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "resumed")
+    best.with_suffix(".away").rename(best)
     resumed = run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "resumed")
     client = MlflowClient(mlflow_uri)
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and _losses(resumed) == _losses(full)
     assert run.data.metrics["test/acc"] == full.test_metrics["test/acc"]
-    with pytest.raises(TrainingError, match="already finished after 2 epoch"):
-        run_train(folder_cfg(f"train.resume={run_id}"), tmp_path / "again")
+    last = tmp_path / "cut" / "checkpoints" / "last.pt"
+    for spec in (run_id, last):  # by run id, and by path (the run id inside last.pt)
+        with pytest.raises(
+            TrainingError, match=r"already finished after 2 epoch.*raise train\.epochs"
+        ):
+            run_train(folder_cfg(f"train.resume={spec}"), tmp_path / "again")

@@ -232,9 +232,14 @@ def _check_resume(cfg: RunConfig, out_dir: Path) -> ResumePoint | None:
     stopper.load_state_dict(resume.state["early_stopping"])
     trained = resume.epochs_done >= cfg.train.epochs or stopper.should_stop
     if trained and resume.status == "FINISHED":
+        further = (
+            "raise train.early_stopping.patience (it stopped early)"
+            if stopper.should_stop
+            else "raise train.epochs"
+        )
         raise TrainingError(
             f"train.resume: the run already finished after {resume.epochs_done} epoch(s) of "
-            f"train.epochs={cfg.train.epochs}; raise train.epochs to train it further"
+            f"train.epochs={cfg.train.epochs}; {further} to train it further"
         )
     if trained:  # stopped during the test, after training ended: test, and finish the run
         log.info("training ended after epoch %d: testing only", resume.epochs_done)
