@@ -100,23 +100,42 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     return client.create_experiment(cfg.experiment, artifact_location=location)
 
 
+def _redacted(uri: str) -> str:
+    """The URI without user:password@, for probes and messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _check_server(uri: str) -> None:
     """An unreachable tracking server makes MLflow retry for minutes: ask it once, briefly.
-    Any HTTP answer (even 401 or 404) means a server is there."""
+    Any answer (an HTTP error such as 401 or 404, or a TLS handshake this probe cannot
+    verify: MLflow has its own CA settings) means a server is there."""
+    import ssl
     import urllib.error
     import urllib.request
 
     from pipeline.errors import ConfigError
 
+    shown = _redacted(uri)
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(f"{shown.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S):
             pass
     except urllib.error.HTTPError:
         pass
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(exc, ssl.SSLError) or isinstance(reason, ssl.SSLError | ssl.CertificateError):
+            return
         raise ConfigError(
-            f"tracking.uri={uri}: no MLflow server answers ({reason}); start one, or use "
+            f"tracking.uri={shown}: no MLflow server answers ({reason}); start one, or use "
             "the local store (tracking.uri=sqlite:///mlruns/mlflow.db), or tracking.enabled=false"
         ) from exc
 
@@ -125,7 +144,7 @@ def _store_error(uri: str, exc: Exception) -> Exception:
     from pipeline.errors import ConfigError
 
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return ConfigError(f"tracking.uri={uri}: cannot open the MLflow store: {first}")
+    return ConfigError(f"tracking.uri={_redacted(uri)}: cannot open the MLflow store: {first}")
 
 
 def mlflow_client(uri: str) -> Any:

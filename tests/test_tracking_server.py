@@ -87,6 +87,10 @@ def test_run_metrics_and_artifacts_arrive_at_a_tracking_server(
     assert {"config.yaml", "confusion_matrix.png", "checkpoints"} <= names
     stored = {p.name for p in artifact_store.rglob("*") if p.is_file()}
     assert {"config.yaml", "best.pt", "splits.csv"} <= stored
+    # The reachability probe goes without the credentials a URI may carry (MLflow uses them).
+    from pipeline.tracking import _check_server
+
+    _check_server(url.replace("http://", "http://user:secret@"))
 
 
 def test_unreachable_or_unusable_tracking_store_fails_in_seconds_with_one_line(tmp_path):
@@ -100,6 +104,7 @@ def test_unreachable_or_unusable_tracking_store_fails_in_seconds_with_one_line(t
     blocker.write_text("")
     cases = {
         f"http://127.0.0.1:{port}": "no MLflow server answers",  # MLflow alone retries minutes
+        f"http://user:secret@127.0.0.1:{port}": "no MLflow server answers",
         "foo://bar": "cannot open the MLflow store: ",
         f"sqlite:///{blocker}/sub/mlflow.db": "cannot open the MLflow store: ",
     }
@@ -108,5 +113,6 @@ def test_unreachable_or_unusable_tracking_store_fails_in_seconds_with_one_line(t
         with pytest.raises(ConfigError) as info, start_run(TrackingConfig(uri=uri)):
             pass
         assert time.perf_counter() - start < 10, uri
-        assert str(info.value).startswith(f"tracking.uri={uri}: {message}"), info.value
+        shown = uri.replace("user:secret@", "")  # credentials never reach the message
+        assert str(info.value).startswith(f"tracking.uri={shown}: {message}"), info.value
         assert "\n" not in str(info.value)
