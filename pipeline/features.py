@@ -92,13 +92,14 @@ class FeatureLoader:
         seed: int,
     ):
         self.features, self.labels, self.batch_size = features, labels, batch_size
-        order = torch.Generator()  # reseeded each epoch by the EpochSampler
         n = len(labels)
-        # `sampler`, as on a DataLoader: fit calls its set_epoch.
-        self.sampler = EpochSampler(
-            RandomSampler(range(n), generator=order), seed, order, with_seeds=False
-        )
-        self.train = train
+        # `sampler`, as on a DataLoader: fit calls its set_epoch. None: in order (eval).
+        self.sampler = None
+        if train:
+            order = torch.Generator()  # reseeded each epoch by the EpochSampler
+            self.sampler = EpochSampler(
+                RandomSampler(range(n), generator=order), seed, order, with_seeds=False
+            )
         self.drop_last = train and n > batch_size
 
     def __len__(self) -> int:
@@ -106,7 +107,7 @@ class FeatureLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
-        if self.train:
+        if self.sampler is not None:
             order = torch.tensor(list(self.sampler), dtype=torch.long)
         else:
             order = torch.arange(len(self.labels))

@@ -367,7 +367,6 @@ class TrainingParts:
     scaler: torch.amp.GradScaler | None
     stopper: EarlyStopping
     ema: ModelEma | None = None
-    batch_transform: Callable | None = None  # e.g. MixBatch (seeded per epoch, no state)
 
     def state_dict(self, epoch: int, history: list[dict[str, float]]) -> dict:
         return {
@@ -455,7 +454,7 @@ def fit(
     main = distributed.is_main()  # only rank 0 writes checkpoints
     history: list[dict[str, float]] = []
     start_epoch = 0
-    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, ema, batch_transform)
+    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, ema)
     if resume is not None:
         # A strategy that unfreezes as it goes (gradual, linear_then_full) saved an optimizer
         # over the parameters trainable at the saved epoch: rebuild that one before loading.
