@@ -11,7 +11,7 @@ import torch
 from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.weights import WeightsInfo, load_backbone_state, resolve_pretrained
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def feature_dim(model: nn.Module, img_size: int) -> int:
         native = cfg.get("input_size", (3, img_size))[-1]
         raise ConfigError(
             f"backbone.img_size={img_size} is too small for {cfg.get('architecture', 'this')}"
-            f" ({str(error).splitlines()[0]}): set backbone.img_size={native} (its pretrained"
+            f" ({first_line(error)}): set backbone.img_size={native} (its pretrained"
             " size) or null"
         )
     finally:

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 
 
 def save_atomic(payload: Any, path: str | Path) -> Path:
@@ -27,12 +27,6 @@ def save_atomic(payload: Any, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def first_line(exc: BaseException) -> str:
-    """torch.load's errors run to a dozen lines of advice; the first says what went wrong."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:

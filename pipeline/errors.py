@@ -1,6 +1,13 @@
 """Errors that end a run with one clear line instead of a traceback."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message: torch and MLflow errors run to a dozen lines of
+    advice, and the first says what went wrong."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 class PipelineError(Exception):
     """A problem the user can fix: bad input, bad config, missing weights.
 

@@ -24,7 +24,7 @@ from pipeline.backbone import InputSpec
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import RunConfig, run_config_from_dict
 from pipeline.data import IMAGE_EXTENSIONS, DeviceNormalize, read_rgb
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.model import Classifier, build_model
 from pipeline.tracking import mlflow_client
 from pipeline.train import Batches, resolve_device
@@ -170,8 +170,9 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise ConfigError(f"checkpoint does not fit the configured model: {first}") from exc
+        raise ConfigError(
+            f"checkpoint does not fit the configured model: {first_line(exc)}"
+        ) from exc
     log.info("loaded the trained weights of %s", cfg.run_id or cfg.checkpoint)
     device = resolve_device(run_cfg.train.device)
     # Same memory format as training, so evaluation reproduces its numbers bit for bit.

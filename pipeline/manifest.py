@@ -49,15 +49,15 @@ def load_csv(path: Path) -> tuple[dict[str, ImageSet], list[str]]:
     if any(not row["label"] for row in rows):
         line = next(i for i, row in enumerate(rows) if not row["label"]) + 2
         raise DataError(f"{path} line {line}: empty label")
-    first_line: dict[str, int] = {}  # resolved file -> CSV line
+    listed_on: dict[str, int] = {}  # resolved file -> the CSV line that first lists it
     for line, file in enumerate(files, start=2):
         resolved = str(Path(file).resolve())
-        if resolved in first_line:  # it could land in train and test both
+        if resolved in listed_on:  # it could land in train and test both
             raise DataError(
                 f"{path} line {line}: {rows[line - 2]['path']} is listed again "
-                f"(first on line {first_line[resolved]}); list each image once"
+                f"(first on line {listed_on[resolved]}); list each image once"
             )
-        first_line[resolved] = line
+        listed_on[resolved] = line
 
     class_names = sorted({row["label"] for row in rows})
     index = {name: i for i, name in enumerate(class_names)}

@@ -141,10 +141,11 @@ def _check_server(uri: str) -> None:
 
 
 def _store_error(uri: str, exc: Exception) -> Exception:
-    from pipeline.errors import ConfigError
+    from pipeline.errors import ConfigError, first_line
 
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return ConfigError(f"tracking.uri={_redacted(uri)}: cannot open the MLflow store: {first}")
+    return ConfigError(
+        f"tracking.uri={_redacted(uri)}: cannot open the MLflow store: {first_line(exc)}"
+    )
 
 
 def mlflow_client(uri: str) -> Any:

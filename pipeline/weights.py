@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.checkpoint import first_line
-from pipeline.errors import WeightsUnavailableError
+from pipeline.errors import WeightsUnavailableError, first_line
 
 log = logging.getLogger(__name__)
 
