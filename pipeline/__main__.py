@@ -41,7 +41,19 @@ def _run(cfg: DictConfig) -> float | None:
         distributed.cleanup()  # leave a torchrun process group cleanly
 
 
+def _register_optuna_sweeper() -> None:
+    """Hydra finds plugins by listing the hydra_plugins/ folders on sys.path, which a default
+    (PEP 660) editable install does not show; register this project's sweeper by hand."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # scan first: it re-executes the modules it finds
+    from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    plugins.register(OptunaSweeper)
+
+
 def main() -> None:
+    _register_optuna_sweeper()
     _run()
 
 
