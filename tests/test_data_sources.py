@@ -113,6 +113,14 @@ def test_missing_root_and_empty_class_folder_name_the_path(tmp_path):
         build_splits(DataConfig(name="folder", root=str(root)), seed=0)
 
 
+def test_a_class_folder_in_val_that_train_lacks_is_refused(tmp_path):
+    # Its images would be dropped without a word, and the test score would cover fewer classes.
+    write_image_folder(tmp_path / "imgs" / "train", classes=("ant", "bee"), per_class=4)
+    write_image_folder(tmp_path / "imgs" / "val", classes=("ant", "bee", "wasp"), per_class=2)
+    with pytest.raises(DataError, match=r"class folder .*val/wasp has no counterpart in the train"):
+        build_splits(DataConfig(name="folder", root=str(tmp_path / "imgs")), seed=0)
+
+
 # --- CIFAR ----------------------------------------------------------------------------------
 
 
