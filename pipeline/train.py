@@ -43,7 +43,7 @@ class EarlyStoppingConfig:
     monitor: str = "val/loss"  # any per-epoch metric: val/loss, val/acc, ...
     mode: str = "min"  # min | max
     min_delta: float = 0.0  # smaller changes do not count as improvement
-    patience: int = 5  # epochs without improvement before stopping
+    patience: int = 5  # stop after this many epochs in a row without improvement (Keras)
     restore_best: bool = True  # end with the best epoch's weights, not the last
 
     def __post_init__(self) -> None:
@@ -191,7 +191,9 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.cfg.enabled and self.bad_epochs > self.cfg.patience
+        """After `patience` epochs in a row without improvement, as Keras and Lightning stop
+        (patience=0 stops at the first one, like 1: an improving epoch never stops)."""
+        return self.cfg.enabled and self.bad_epochs >= max(self.cfg.patience, 1)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
@@ -542,7 +544,7 @@ def fit(
                 "early stop: %s did not improve by > %g for %d epochs (best %.4f at epoch %d)",
                 cfg.early_stopping.monitor,
                 cfg.early_stopping.min_delta,
-                cfg.early_stopping.patience,
+                stopper.bad_epochs,
                 stopper.best,
                 stopper.best_epoch + 1,
             )
