@@ -282,6 +282,7 @@ def train_one_epoch(
     guard = LossGuard(cfg.nan_policy, cfg.log_every, first_step, batches.device)  # NaN/inf loss
     accumulate, n_batches = cfg.accumulate_steps, len(loader)
     group_has_grad = False
+    peak_lr = 0.0  # the highest LR an optimizer step of this epoch used (what `lr` logs)
     optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(_progress(loader, desc, progress)):
         x, y = batches(images, labels)
@@ -303,6 +304,7 @@ def train_one_epoch(
             (scaler.scale(micro) if scaler is not None else micro).backward()
             group_has_grad = True
         if i + 1 == group_end:  # the LR schedule follows optimizer steps, skipped or not
+            peak_lr = max(peak_lr, *(group["lr"] for group in optimizer.param_groups))
             if group_has_grad:
                 optimizer_step(model, optimizer, scaler, cfg.grad_clip)
                 if ema is not None:
@@ -319,7 +321,12 @@ def train_one_epoch(
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise TrainingError(f"training loss is {mean_loss}: lower optim.lr or set train.grad_clip")
-    return {"loss": mean_loss, "acc": correct.item() / max(seen, 1), "skipped": guard.skipped}
+    return {
+        "loss": mean_loss,
+        "acc": correct.item() / max(seen, 1),
+        "skipped": guard.skipped,
+        "lr": peak_lr,
+    }
 
 
 @torch.no_grad()
@@ -500,7 +507,7 @@ def fit(
             "train/acc": train["acc"],
             "val/loss": val_loss,
             "val/acc": float((val_probs.argmax(1) == val_targets).mean()),
-            "lr": max(group["lr"] for group in optimizer.param_groups),
+            "lr": train["lr"],  # used during the epoch, not where the schedule ended it
             "epoch_seconds": time.perf_counter() - tic,
         }
         if cfg.nan_policy == "skip":

@@ -165,6 +165,20 @@ def test_fit_stops_when_val_loss_stalls_and_restores_best(tiny_cfg, tmp_path, ca
         torch.testing.assert_close(value, snapshot[key], rtol=0, atol=0, msg=key)
 
 
+def test_lr_metric_is_the_lr_the_epoch_trained_at(tiny_cfg, tmp_path):
+    # A step schedule that decays tenfold at every epoch boundary: epoch 1 trains at 1e-2,
+    # epoch 2 at 1e-3; the LR after an epoch (1e-3, 1e-4) is not what it used.
+    cfg = tiny_cfg(
+        "optim.lr=1e-2", "sched=step", "sched.step_epochs=1", "sched.gamma=0.1",
+        "sched.warmup_epochs=0",
+    )  # fmt: skip
+    model, train, val, batches = _tiny_setup(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = build_schedule(optimizer, cfg.sched, 2, len(train))
+    result = fit(model, train, val, optimizer, schedule, TrainConfig(epochs=2), batches, tmp_path)
+    assert [epoch["lr"] for epoch in result.history] == pytest.approx([1e-2, 1e-3])
+
+
 def test_frozen_backbone_is_bit_identical_after_training(tiny_cfg, tmp_path):
     cfg = tiny_cfg("finetune=frozen", "head=mlp")
     model, train, val, batches = _tiny_setup(cfg)
