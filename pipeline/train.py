@@ -318,6 +318,11 @@ def train_one_epoch(
         seen += y.shape[0]
     guard.check()
     loss_sum, correct, seen = distributed.reduce_sums(loss_sum, correct, seen)  # DDP: all ranks
+    if seen == 0 and guard.skipped:  # nothing trained: the run has diverged, not hit a bad batch
+        raise TrainingError(
+            f"{desc}: train.nan_policy=skip skipped all {guard.skipped} steps (every loss was "
+            "NaN/inf): lower optim.lr or set train.grad_clip"
+        )
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise TrainingError(f"training loss is {mean_loss}: lower optim.lr or set train.grad_clip")
@@ -502,6 +507,11 @@ def fit(
         val_loss, val_probs, val_targets = distributed.gather_predictions(
             *predict(eval_model, val_loader, batches, amp_dtype)
         )
+        if not math.isfinite(val_loss):  # no epoch to select, nothing worth testing or saving
+            raise TrainingError(
+                f"val/loss is {val_loss} after epoch {epoch + 1}: the weights diverged; "
+                "lower optim.lr or set train.grad_clip"
+            )
         metrics = {
             "train/loss": train["loss"],
             "train/acc": train["acc"],
