@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -136,6 +137,23 @@ def test_evaluate_needs_a_run_or_checkpoint(run, tmp_path):
         run_evaluate(run.cfg("stage=evaluate"), tmp_path)
     with pytest.raises(ConfigError, match="not found"):
         run_evaluate(run.cfg("stage=evaluate", "run_id=0123456789abcdef"), tmp_path)
+
+
+def test_flip_tta_is_refused_for_a_run_trained_without_flips(run, tmp_path):
+    """A digits-like run (augment.hflip=0): a mirror may be another class."""
+    source = tmp_path / "run"
+    (source / "checkpoints").mkdir(parents=True)
+    shutil.copy(run.train.out_dir / "checkpoints" / "best.pt", source / "checkpoints")
+    shutil.copy(run.train.out_dir / "confusion_matrix.json", source)
+    saved = yaml.safe_load((run.train.out_dir / "config.yaml").read_text())
+    saved["augment"]["hflip"] = 0.0
+    (source / "config.yaml").write_text(yaml.safe_dump(saved))
+    checkpoint = f"checkpoint={source / 'checkpoints' / 'best.pt'}"
+    for stage, extra in ((run_evaluate, "eval.split=val"), (run_predict, f"input={run.images}")):
+        out = tmp_path / stage.__name__
+        with pytest.raises(ConfigError, match=r"^eval.tta=flip .* augment.hflip=0 .*tta=none$"):
+            stage(run.cfg(f"stage={stage.__name__[4:]}", checkpoint, extra, "eval.tta=flip"), out)
+        assert not any(out.glob("*.csv"))  # refused before predicting anything
 
 
 # --- predict -------------------------------------------------------------------------------
