@@ -366,7 +366,10 @@ class FitResult:
     best_epoch: int
     best_value: float
     stopped_early: bool
-    best_checkpoint: Path | None
+    # The weights fit ended with: the ones the test uses and every later stage loads.
+    # best.pt (the best epoch's), or final.pt (the last epoch's) under restore_best=false.
+    checkpoint: Path | None
+    weights_epoch: int  # whose weights those are (0-based)
     train_seconds: float
 
 
@@ -575,13 +578,24 @@ def fit(
         if main and best_path.exists():
             distributed.unwrap(model).load_state_dict(load_checkpoint(best_path)["model"])
         distributed.broadcast_model(model)  # rank 0 holds the best weights
-    elif ema is not None:
-        distributed.unwrap(model).load_state_dict(ema.module.state_dict())  # the validated weights
+        checkpoint, weights_epoch = best_path, stopper.best_epoch
+    else:
+        if ema is not None:
+            distributed.unwrap(model).load_state_dict(ema.module.state_dict())  # as validated
+        # The last epoch's weights get tested: save them under their own name, so later
+        # stages load what was tested and best.pt keeps holding the best epoch's.
+        checkpoint, weights_epoch = checkpoint_dir / "final.pt", len(history) - 1
+        if main:
+            state = distributed.unwrap(model).state_dict()
+            save_atomic(
+                {"model": state, "epoch": weights_epoch, "metrics": history[-1]}, checkpoint
+            )
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,
         best_value=stopper.best,
         stopped_early=stopper.should_stop,
-        best_checkpoint=best_path if best_path.exists() else None,
+        checkpoint=checkpoint if checkpoint.exists() else None,
+        weights_epoch=weights_epoch,
         train_seconds=time.perf_counter() - start,
     )

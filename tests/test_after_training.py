@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import compose
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import tta_probs
@@ -100,6 +101,35 @@ def test_evaluate_reproduces_the_runs_test_metrics_exactly(run):
     # The training run itself carries the learning-curve diagnosis.
     assert "report.md" in set(_artifacts(run.client, run.train.run_id))
     assert "## Learning curves:" in (run.train.out_dir / "report.md").read_text()
+
+
+def test_restore_best_false_hands_later_stages_the_weights_it_tested(mlflow_uri, tmp_path, capsys):
+    images = write_image_folder(tmp_path / "images", per_class=12)
+
+    def cfg(*extra):
+        return compose(
+            [
+                *tiny_overrides(mlflow_uri, tmp_path),
+                "data=folder",
+                f"data.root={images}",
+                "data.batch_size=8",
+                "train.epochs=2",
+                "train.early_stopping.min_delta=1e9",  # only epoch 1 improves: best is not last
+                "train.early_stopping.restore_best=false",
+                *extra,
+            ]
+        )
+
+    trained = run_train(cfg(), tmp_path / "train")
+    assert (
+        "(tested epoch 2, the last (restore_best=false); best epoch 1, " in capsys.readouterr().out
+    )
+    metrics = MlflowClient(mlflow_uri).get_run(trained.run_id).data.metrics
+    assert metrics["tested_epoch"] == 2 and metrics["best_epoch"] == 1
+    assert load_checkpoint(trained.out_dir / "checkpoints" / "final.pt")["epoch"] == 1
+    assert load_checkpoint(trained.out_dir / "checkpoints" / "best.pt")["epoch"] == 0
+    evaluated = run_evaluate(cfg("stage=evaluate", f"run_id={trained.run_id}"), tmp_path / "eval")
+    assert evaluated.metrics["test/loss"] == trained.test_metrics["test/loss"]
 
 
 def test_evaluate_from_a_local_checkpoint(run, tmp_path):
