@@ -21,7 +21,7 @@ from pipeline.data import DataConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluate import EvalConfig
 from pipeline.features import check_cache_features
-from pipeline.finetune import FinetuneConfig
+from pipeline.finetune import FinetuneConfig, check_unfreezes
 from pipeline.head import HeadConfig
 from pipeline.lr_find import LRFindConfig
 from pipeline.optim import OptimConfig
@@ -82,6 +82,8 @@ class RunConfig:
                 "train.resume resumes one run, and data.kfold runs one per fold: resume a "
                 "fold's run with data.fold=I train.resume=<that fold's run id>"
             )
+        if self.stage in ("train", "search"):  # not a trained run's config read back
+            check_unfreezes(self.finetune, self.train.epochs)
         check_cache_features(
             self.train.cache_features,
             self.finetune.strategy,

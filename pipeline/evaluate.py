@@ -41,6 +41,16 @@ class EvalConfig:
             raise ConfigError(f"eval.topk must be >= 1, got {self.topk}")
 
 
+def check_tta(tta: str, hflip: float) -> None:
+    """Flip TTA assumes a mirrored image shows the same class; a run trained with
+    augment.hflip=0 was told it may not (digits: a mirrored 2 is no 2)."""
+    if tta == "flip" and hflip == 0:
+        raise ConfigError(
+            "eval.tta=flip averages each image with its mirror, but the run trained with "
+            "augment.hflip=0 (a mirrored image may be another class): use eval.tta=none"
+        )
+
+
 @torch.no_grad()
 def tta_probs(model: nn.Module, x: torch.Tensor, tta: str, amp_dtype) -> torch.Tensor:
     """Softmax of a normalised NCHW batch, averaged over the TTA views."""

@@ -53,6 +53,16 @@ class FinetuneConfig:
             raise ConfigError(f"finetune.full_lr_mult must be in (0, 1], got {self.full_lr_mult}")
 
 
+def check_unfreezes(cfg: FinetuneConfig, epochs: int) -> None:
+    """linear_then_full that never reaches its full phase is finetune=frozen under another name."""
+    if cfg.strategy == "linear_then_full" and cfg.head_epochs >= epochs:
+        raise ConfigError(
+            f"finetune.head_epochs={cfg.head_epochs} >= train.epochs={epochs}: linear_then_full "
+            "would train the head only, as finetune=frozen does; raise train.epochs or lower "
+            "finetune.head_epochs"
+        )
+
+
 def trainable_stages(cfg: FinetuneConfig, epoch: int, num_stages: int) -> int:
     """How many backbone stages, counted from the top, train in `epoch` (0-based). Pure."""
     if cfg.strategy == "frozen":

@@ -96,7 +96,7 @@ def _download(client, run_id: str, path: str, dst: Path) -> Path | None:
 
 
 def _fetch_run_files(cfg: RunConfig, work_dir: Path) -> dict[str, Path | None]:
-    """config.yaml, checkpoints/best.pt and confusion_matrix.json (class names) of a run."""
+    """config.yaml, the weights it tested and confusion_matrix.json (class names) of a run."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(cfg.tracking.uri)
@@ -111,15 +111,18 @@ def _fetch_run_files(cfg: RunConfig, work_dir: Path) -> dict[str, Path | None]:
     dst.mkdir(parents=True, exist_ok=True)
     files = {
         name: _download(client, cfg.run_id, name, dst)
-        for name in ("config.yaml", "checkpoints/best.pt", "confusion_matrix.json")
+        for name in ("config.yaml", "confusion_matrix.json")
     }
-    if files["checkpoints/best.pt"] is None:
+    # The weights its test used: final.pt (the last epoch's, restore_best=false), else best.pt.
+    final = _download(client, cfg.run_id, "checkpoints/final.pt", dst)
+    files["weights"] = final or _download(client, cfg.run_id, "checkpoints/best.pt", dst)
+    if files["weights"] is None:
         raise ConfigError(f"run {cfg.run_id} has no checkpoints/best.pt artifact (did it finish?)")
     return files
 
 
 def _local_files(cfg: RunConfig) -> dict[str, Path | None]:
-    """A training output folder holds checkpoints/best.pt beside config.yaml."""
+    """A training output folder holds checkpoints/best.pt (or final.pt) beside config.yaml."""
     ckpt = Path(cfg.checkpoint).expanduser()
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint not found: {ckpt}")
@@ -131,7 +134,7 @@ def _local_files(cfg: RunConfig) -> dict[str, Path | None]:
 
     return {
         "config.yaml": near("config.yaml"),
-        "checkpoints/best.pt": ckpt,
+        "weights": ckpt,
         "confusion_matrix.json": near("confusion_matrix.json"),
     }
 
@@ -168,7 +171,7 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
     if run_cfg.train.threads:
         torch.set_num_threads(run_cfg.train.threads)
 
-    state = load_checkpoint(files["checkpoints/best.pt"])
+    state = load_checkpoint(files["weights"])
     state = state.get("model", state)
     class_names = _class_names(files["confusion_matrix.json"], state)
     # The checkpoint holds every weight: no need to resolve pretrained ones again.

@@ -43,7 +43,7 @@ class EarlyStoppingConfig:
     monitor: str = "val/loss"  # any per-epoch metric: val/loss, val/acc, ...
     mode: str = "min"  # min | max
     min_delta: float = 0.0  # smaller changes do not count as improvement
-    patience: int = 5  # epochs without improvement before stopping
+    patience: int = 5  # stop after this many epochs in a row without improvement (Keras)
     restore_best: bool = True  # end with the best epoch's weights, not the last
 
     def __post_init__(self) -> None:
@@ -191,7 +191,9 @@ class EarlyStopping:
 
     @property
     def should_stop(self) -> bool:
-        return self.cfg.enabled and self.bad_epochs > self.cfg.patience
+        """After `patience` epochs in a row without improvement, as Keras and Lightning stop
+        (patience=0 stops at the first one, like 1: an improving epoch never stops)."""
+        return self.cfg.enabled and self.bad_epochs >= max(self.cfg.patience, 1)
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
@@ -280,6 +282,7 @@ def train_one_epoch(
     guard = LossGuard(cfg.nan_policy, cfg.log_every, first_step, batches.device)  # NaN/inf loss
     accumulate, n_batches = cfg.accumulate_steps, len(loader)
     group_has_grad = False
+    peak_lr = 0.0  # the highest LR an optimizer step of this epoch used (what `lr` logs)
     optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(_progress(loader, desc, progress)):
         x, y = batches(images, labels)
@@ -301,6 +304,7 @@ def train_one_epoch(
             (scaler.scale(micro) if scaler is not None else micro).backward()
             group_has_grad = True
         if i + 1 == group_end:  # the LR schedule follows optimizer steps, skipped or not
+            peak_lr = max(peak_lr, *(group["lr"] for group in optimizer.param_groups))
             if group_has_grad:
                 optimizer_step(model, optimizer, scaler, cfg.grad_clip)
                 if ema is not None:
@@ -314,10 +318,20 @@ def train_one_epoch(
         seen += y.shape[0]
     guard.check()
     loss_sum, correct, seen = distributed.reduce_sums(loss_sum, correct, seen)  # DDP: all ranks
+    if seen == 0 and guard.skipped:  # nothing trained: the run has diverged, not hit a bad batch
+        raise TrainingError(
+            f"{desc}: train.nan_policy=skip skipped all {guard.skipped} steps (every loss was "
+            "NaN/inf): lower optim.lr or set train.grad_clip"
+        )
     mean_loss = loss_sum.item() / max(seen, 1)
     if not math.isfinite(mean_loss):
         raise TrainingError(f"training loss is {mean_loss}: lower optim.lr or set train.grad_clip")
-    return {"loss": mean_loss, "acc": correct.item() / max(seen, 1), "skipped": guard.skipped}
+    return {
+        "loss": mean_loss,
+        "acc": correct.item() / max(seen, 1),
+        "skipped": guard.skipped,
+        "lr": peak_lr,
+    }
 
 
 @torch.no_grad()
@@ -352,7 +366,10 @@ class FitResult:
     best_epoch: int
     best_value: float
     stopped_early: bool
-    best_checkpoint: Path | None
+    # The weights fit ended with: the ones the test uses and every later stage loads.
+    # best.pt (the best epoch's), or final.pt (the last epoch's) under restore_best=false.
+    checkpoint: Path | None
+    weights_epoch: int  # whose weights those are (0-based)
     train_seconds: float
 
 
@@ -493,12 +510,17 @@ def fit(
         val_loss, val_probs, val_targets = distributed.gather_predictions(
             *predict(eval_model, val_loader, batches, amp_dtype)
         )
+        if not math.isfinite(val_loss):  # no epoch to select, nothing worth testing or saving
+            raise TrainingError(
+                f"val/loss is {val_loss} after epoch {epoch + 1}: the weights diverged; "
+                "lower optim.lr or set train.grad_clip"
+            )
         metrics = {
             "train/loss": train["loss"],
             "train/acc": train["acc"],
             "val/loss": val_loss,
             "val/acc": float((val_probs.argmax(1) == val_targets).mean()),
-            "lr": max(group["lr"] for group in optimizer.param_groups),
+            "lr": train["lr"],  # used during the epoch, not where the schedule ended it
             "epoch_seconds": time.perf_counter() - tic,
         }
         if cfg.nan_policy == "skip":
@@ -542,7 +564,7 @@ def fit(
                 "early stop: %s did not improve by > %g for %d epochs (best %.4f at epoch %d)",
                 cfg.early_stopping.monitor,
                 cfg.early_stopping.min_delta,
-                cfg.early_stopping.patience,
+                stopper.bad_epochs,
                 stopper.best,
                 stopper.best_epoch + 1,
             )
@@ -556,13 +578,24 @@ def fit(
         if main and best_path.exists():
             distributed.unwrap(model).load_state_dict(load_checkpoint(best_path)["model"])
         distributed.broadcast_model(model)  # rank 0 holds the best weights
-    elif ema is not None:
-        distributed.unwrap(model).load_state_dict(ema.module.state_dict())  # the validated weights
+        checkpoint, weights_epoch = best_path, stopper.best_epoch
+    else:
+        if ema is not None:
+            distributed.unwrap(model).load_state_dict(ema.module.state_dict())  # as validated
+        # The last epoch's weights get tested: save them under their own name, so later
+        # stages load what was tested and best.pt keeps holding the best epoch's.
+        checkpoint, weights_epoch = checkpoint_dir / "final.pt", len(history) - 1
+        if main:
+            state = distributed.unwrap(model).state_dict()
+            save_atomic(
+                {"model": state, "epoch": weights_epoch, "metrics": history[-1]}, checkpoint
+            )
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,
         best_value=stopper.best,
         stopped_early=stopper.should_stop,
-        best_checkpoint=best_path if best_path.exists() else None,
+        checkpoint=checkpoint if checkpoint.exists() else None,
+        weights_epoch=weights_epoch,
         train_seconds=time.perf_counter() - start,
     )

@@ -14,9 +14,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
+from pipeline.checkpoint import load_checkpoint
 from pipeline.config import compose
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluate import tta_probs
@@ -101,6 +103,35 @@ def test_evaluate_reproduces_the_runs_test_metrics_exactly(run):
     assert "## Learning curves:" in (run.train.out_dir / "report.md").read_text()
 
 
+def test_restore_best_false_hands_later_stages_the_weights_it_tested(mlflow_uri, tmp_path, capsys):
+    images = write_image_folder(tmp_path / "images", per_class=12)
+
+    def cfg(*extra):
+        return compose(
+            [
+                *tiny_overrides(mlflow_uri, tmp_path),
+                "data=folder",
+                f"data.root={images}",
+                "data.batch_size=8",
+                "train.epochs=2",
+                "train.early_stopping.min_delta=1e9",  # only epoch 1 improves: best is not last
+                "train.early_stopping.restore_best=false",
+                *extra,
+            ]
+        )
+
+    trained = run_train(cfg(), tmp_path / "train")
+    assert (
+        "(tested epoch 2, the last (restore_best=false); best epoch 1, " in capsys.readouterr().out
+    )
+    metrics = MlflowClient(mlflow_uri).get_run(trained.run_id).data.metrics
+    assert metrics["tested_epoch"] == 2 and metrics["best_epoch"] == 1
+    assert load_checkpoint(trained.out_dir / "checkpoints" / "final.pt")["epoch"] == 1
+    assert load_checkpoint(trained.out_dir / "checkpoints" / "best.pt")["epoch"] == 0
+    evaluated = run_evaluate(cfg("stage=evaluate", f"run_id={trained.run_id}"), tmp_path / "eval")
+    assert evaluated.metrics["test/loss"] == trained.test_metrics["test/loss"]
+
+
 def test_evaluate_from_a_local_checkpoint(run, tmp_path):
     ckpt = run.train.out_dir / "checkpoints" / "best.pt"
     result = run_evaluate(run.cfg("stage=evaluate", f"checkpoint={ckpt}"), tmp_path)
@@ -136,6 +167,23 @@ def test_evaluate_needs_a_run_or_checkpoint(run, tmp_path):
         run_evaluate(run.cfg("stage=evaluate"), tmp_path)
     with pytest.raises(ConfigError, match="not found"):
         run_evaluate(run.cfg("stage=evaluate", "run_id=0123456789abcdef"), tmp_path)
+
+
+def test_flip_tta_is_refused_for_a_run_trained_without_flips(run, tmp_path):
+    """A digits-like run (augment.hflip=0): a mirror may be another class."""
+    source = tmp_path / "run"
+    (source / "checkpoints").mkdir(parents=True)
+    shutil.copy(run.train.out_dir / "checkpoints" / "best.pt", source / "checkpoints")
+    shutil.copy(run.train.out_dir / "confusion_matrix.json", source)
+    saved = yaml.safe_load((run.train.out_dir / "config.yaml").read_text())
+    saved["augment"]["hflip"] = 0.0
+    (source / "config.yaml").write_text(yaml.safe_dump(saved))
+    checkpoint = f"checkpoint={source / 'checkpoints' / 'best.pt'}"
+    for stage, extra in ((run_evaluate, "eval.split=val"), (run_predict, f"input={run.images}")):
+        out = tmp_path / stage.__name__
+        with pytest.raises(ConfigError, match=r"^eval.tta=flip .* augment.hflip=0 .*tta=none$"):
+            stage(run.cfg(f"stage={stage.__name__[4:]}", checkpoint, extra, "eval.tta=flip"), out)
+        assert not any(out.glob("*.csv"))  # refused before predicting anything
 
 
 # --- predict -------------------------------------------------------------------------------

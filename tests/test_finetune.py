@@ -156,7 +156,7 @@ def test_gradual_unfreezes_one_stage_per_step_and_keeps_the_schedule(tiny_cfg):
 
 
 def test_optimizer_rebuild_keeps_the_head_momentum(tiny_cfg):
-    cfg = tiny_cfg("backbone.name=test_resnet", "finetune=linear_then_full")
+    cfg = tiny_cfg("backbone.name=test_resnet", "finetune=linear_then_full", "train.epochs=3")
     model = _tiny_classifier()
     apply_finetune(model, cfg.finetune, epoch=0)
     optimizer = build_optimizer(model, cfg.optim)

@@ -2,6 +2,7 @@
 and the surviving checkpoint are checked."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -292,6 +293,41 @@ def test_nan_policy_skip_drops_the_step_and_finishes(folder_cfg, mlflow_uri, tmp
     assert run.info.status == "FINISHED"
     assert _history(client, result.run_id, "train/skipped_steps") == [(0, 1.0)]
     assert torch.isfinite(torch.tensor(result.test_metrics["test/loss"]))
+
+
+def _poison_every_forward(monkeypatch, training: bool):
+    """Classifier.forward returns NaN logits in training (or in eval) mode, every call."""
+    from pipeline.model import Classifier
+
+    real = Classifier.forward
+
+    def forward(self, x):
+        logits = real(self, x)
+        return logits * float("nan") if self.training == training else logits
+
+    monkeypatch.setattr(Classifier, "forward", forward)
+
+
+@pytest.mark.parametrize(
+    ("training", "message"),
+    [
+        (
+            True,
+            r"epoch 1/2: train.nan_policy=skip skipped all \d+ steps \(every loss was NaN/inf\)",
+        ),
+        (False, r"val/loss is nan after epoch 1: the weights diverged"),
+    ],
+)
+def test_nan_policy_skip_fails_a_diverged_run(
+    folder_cfg, mlflow_uri, tmp_path, monkeypatch, training, message
+):
+    _poison_every_forward(monkeypatch, training)
+    name = f"nan-diverged-{training}"
+    with pytest.raises(TrainingError, match=message):
+        run_train(folder_cfg("train.nan_policy=skip", f"tracking.run_name={name}"), tmp_path)
+    run = _run_named(MlflowClient(mlflow_uri), name)
+    assert run.info.status == "FAILED" and re.search(message, run.data.tags["error"])
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
 
 
 def test_loss_guard_checks_only_every_n_steps():

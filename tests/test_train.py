@@ -1,4 +1,5 @@
 import json
+import logging
 import math
 
 import pytest
@@ -115,18 +116,19 @@ def _tiny_setup(cfg, folder=None):
     return model, train, val, batches
 
 
-def test_early_stopping_rule():
+def test_early_stopping_stops_after_patience_bad_epochs_like_keras():
     stopper = EarlyStopping(EarlyStoppingConfig(patience=2, min_delta=0.1))
-    improved = [stopper.step(v, e) for e, v in enumerate([1.0, 0.95, 0.85, 0.8, 0.8])]
-    assert improved == [True, False, True, False, False]
+    improved = [stopper.step(v, e) for e, v in enumerate([1.0, 0.95, 0.85, 0.8])]
+    assert improved == [True, False, True, False]
     assert stopper.best == 0.85 and stopper.best_epoch == 2 and not stopper.should_stop
-    stopper.step(0.9, 5)
-    assert stopper.should_stop
+    stopper.step(0.8, 4)  # the 2nd epoch in a row not better by > min_delta: patience used up
+    assert stopper.should_stop and stopper.bad_epochs == 2
     high = EarlyStopping(EarlyStoppingConfig(mode="max", patience=0))
-    assert high.step(0.5, 0) and not high.step(0.5, 1) and high.should_stop
+    assert high.step(0.5, 0) and not high.should_stop  # an improving epoch never stops
+    assert not high.step(0.5, 1) and high.should_stop
 
 
-def test_fit_stops_when_val_loss_stalls_and_restores_best(tiny_cfg, tmp_path):
+def test_fit_stops_when_val_loss_stalls_and_restores_best(tiny_cfg, tmp_path, caplog):
     cfg = tiny_cfg(
         "optim.lr=1e-12", "optim.weight_decay=0", "sched=constant", "sched.warmup_epochs=0"
     )
@@ -134,6 +136,7 @@ def test_fit_stops_when_val_loss_stalls_and_restores_best(tiny_cfg, tmp_path):
     optimizer = build_optimizer(model, cfg.optim)
     schedule = build_schedule(optimizer, cfg.sched, 10, len(train))
     snapshot = {}
+    caplog.set_level(logging.INFO, logger="pipeline.train")
 
     def spoil_after_first_epoch(epoch, metrics):
         # After epoch 1 is saved as best, wreck the head: later epochs cannot improve on it.
@@ -154,11 +157,26 @@ def test_fit_stops_when_val_loss_stalls_and_restores_best(tiny_cfg, tmp_path):
         tmp_path,
         spoil_after_first_epoch,
     )
-    assert result.stopped_early and len(result.history) == 3  # best, then 2 bad epochs > patience 1
+    assert result.stopped_early and len(result.history) == 2  # best, then 1 bad epoch: patience 1
+    assert "val/loss did not improve by > 0 for 1 epochs (best" in caplog.text
     assert result.best_epoch == 0
     assert result.history[1]["val/loss"] > result.history[0]["val/loss"]
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value, snapshot[key], rtol=0, atol=0, msg=key)
+
+
+def test_lr_metric_is_the_lr_the_epoch_trained_at(tiny_cfg, tmp_path):
+    # A step schedule that decays tenfold at every epoch boundary: epoch 1 trains at 1e-2,
+    # epoch 2 at 1e-3; the LR after an epoch (1e-3, 1e-4) is not what it used.
+    cfg = tiny_cfg(
+        "optim.lr=1e-2", "sched=step", "sched.step_epochs=1", "sched.gamma=0.1",
+        "sched.warmup_epochs=0",
+    )  # fmt: skip
+    model, train, val, batches = _tiny_setup(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = build_schedule(optimizer, cfg.sched, 2, len(train))
+    result = fit(model, train, val, optimizer, schedule, TrainConfig(epochs=2), batches, tmp_path)
+    assert [epoch["lr"] for epoch in result.history] == pytest.approx([1e-2, 1e-3])
 
 
 def test_frozen_backbone_is_bit_identical_after_training(tiny_cfg, tmp_path):

@@ -37,6 +37,19 @@ def test_bad_value_fails_in_the_config_with_one_line(override, message):
     assert "\n" not in str(info.value)
 
 
+def test_linear_then_full_that_never_unfreezes_fails_in_the_config():
+    never = ["finetune=linear_then_full", "finetune.head_epochs=2", "train.epochs=2"]
+    with pytest.raises(ConfigError) as info:
+        compose(never)
+    assert str(info.value) == (
+        "finetune.head_epochs=2 >= train.epochs=2: linear_then_full would train the head only, "
+        "as finetune=frozen does; raise train.epochs or lower finetune.head_epochs"
+    )
+    assert compose([*never, "train.epochs=3"]).finetune.head_epochs == 2  # one full epoch
+    # A trained run's config read back by a later stage is not refused after the fact.
+    assert compose([*never, "stage=evaluate"]).train.epochs == 2
+
+
 def test_unknown_backbone_fails_before_reading_data_and_suggests_names(
     tiny_cfg, tmp_path, monkeypatch
 ):

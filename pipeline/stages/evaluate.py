@@ -18,7 +18,7 @@ from pipeline.config import RunConfig
 from pipeline.data import ImageDataset, ImageSet, build_loader
 from pipeline.diagnosis import write_report
 from pipeline.errors import DataError
-from pipeline.evaluate import misclassified, predict_probs, score
+from pipeline.evaluate import check_tta, misclassified, predict_probs, score
 from pipeline.inference import fetch_history, linked_run, load_trained
 from pipeline.kfold import run_splits
 from pipeline.metrics import calibration_bins, format_report
@@ -61,6 +61,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     trained = load_trained(cfg, out_dir)
     run_cfg, split = trained.cfg, cfg.eval.split
+    check_tta(cfg.eval.tta, run_cfg.augment.hflip)
     splits = run_splits(run_cfg.data, run_cfg.seed)  # seeded: the same split (or fold) as training
     if splits.class_names != trained.class_names:
         raise DataError(

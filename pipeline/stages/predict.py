@@ -14,7 +14,7 @@ import torch
 
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluate import tta_probs
+from pipeline.evaluate import check_tta, tta_probs
 from pipeline.inference import list_images, load_trained, read_images
 from pipeline.train import resolve_amp
 
@@ -33,6 +33,7 @@ def run_predict(cfg: RunConfig, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths, skipped = list_images(cfg.input)
     trained = load_trained(cfg, out_dir)
+    check_tta(cfg.eval.tta, trained.cfg.augment.hflip)
     loaded, unreadable = read_images(paths, trained.decode_size)
     for path, reason in skipped + unreadable:
         print(f"skipped {path}: {reason}")

@@ -384,12 +384,21 @@ def _log_run_end(run: Run, result: FitResult, test_metrics: dict[str, float]) ->
         {
             **test_metrics,
             "best_epoch": result.best_epoch + 1,
+            "tested_epoch": result.weights_epoch + 1,  # differs under restore_best=false
             "train_seconds": result.train_seconds,
             "epochs_run": len(result.history),
         }
     )
-    if result.best_checkpoint:
-        run.log_artifact(result.best_checkpoint, "checkpoints")
+    if result.checkpoint:  # best.pt, or final.pt: the weights the test used
+        run.log_artifact(result.checkpoint, "checkpoints")
+
+
+def _tested_weights(result: FitResult) -> str:
+    """Which epoch's weights the test used, for the summary line."""
+    best = f"best epoch {result.best_epoch + 1}"
+    if result.weights_epoch == result.best_epoch:
+        return best
+    return f"tested epoch {result.weights_epoch + 1}, the last (restore_best=false); {best}"
 
 
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
@@ -473,7 +482,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     summary = "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
     if main:
         print(
-            f"run {run.run_id or '(tracking off)'}: {summary}  (best epoch {result.best_epoch + 1}, "
+            f"run {run.run_id or '(tracking off)'}: {summary}  ({_tested_weights(result)}, "
             f"{result.train_seconds:.0f}s)"
         )
     return TrainResult(run.run_id, test_metrics, result, out_dir)
