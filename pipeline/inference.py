@@ -26,7 +26,7 @@ from pipeline.config import RunConfig, run_config_from_dict
 from pipeline.data import IMAGE_EXTENSIONS, DeviceNormalize, read_rgb
 from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.model import Classifier, build_model
-from pipeline.tracking import mlflow_client
+from pipeline.tracking import mlflow_client, store_missing
 from pipeline.train import Batches, resolve_device
 
 log = logging.getLogger(__name__)
@@ -92,14 +92,17 @@ def _fetch_run_files(cfg: RunConfig, work_dir: Path) -> dict[str, Path | None]:
     """config.yaml, checkpoints/best.pt and confusion_matrix.json (class names) of a run."""
     from mlflow.exceptions import MlflowException
 
+    not_found = ConfigError(
+        f"run_id={cfg.run_id} not found in {cfg.tracking.uri} (pass tracking.uri=... "
+        "where it was logged, or checkpoint=<path>)"
+    )
+    if store_missing(cfg.tracking.uri):
+        raise not_found
     client = mlflow_client(cfg.tracking.uri)
     try:
         client.get_run(cfg.run_id)
     except MlflowException as exc:
-        raise ConfigError(
-            f"run_id={cfg.run_id} not found in {cfg.tracking.uri} (pass tracking.uri=... "
-            "where it was logged, or checkpoint=<path>)"
-        ) from exc
+        raise not_found from exc
     dst = work_dir / "source_run"
     dst.mkdir(parents=True, exist_ok=True)
     files = {
