@@ -99,7 +99,19 @@ def _check_command_line(argv: list[str]) -> None:
     compose(overrides)
 
 
+def _register_optuna_sweeper() -> None:
+    """Hydra finds plugins by listing the hydra_plugins/ folders on sys.path, which a default
+    (PEP 660) editable install does not show; register this project's sweeper by hand."""
+    from hydra.core.plugins import Plugins
+
+    plugins = Plugins.instance()  # scan first: it re-executes the modules it finds
+    from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+    plugins.register(OptunaSweeper)
+
+
 def main() -> None:
+    _register_optuna_sweeper()  # before the check: hparams_search=... composes its sweeper
     try:
         _check_command_line(sys.argv[1:])
     except PipelineError as exc:

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, WeightedRandomSampler
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.repro import epoch_seed, seed_transform
 
 log = logging.getLogger(__name__)
@@ -126,7 +129,7 @@ class Splits:
     train: ImageSet
     val: ImageSet
     test: ImageSet
-    skipped: list[str] = field(default_factory=list)  # unreadable files left out
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file left out, why)
 
     def check(self) -> Splits:
         """The splits one run trains, selects and tests on: each needs images, and the task
@@ -178,22 +181,62 @@ def load_digits() -> ImageSet:
     return ImageSet(list(rgb), bunch.target.astype(np.int64), [str(c) for c in range(10)], ids)
 
 
+def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files under `folder`, sorted, and (path, reason) for links that lead nowhere.
+
+    Symlinks to files and folders are followed (each folder once, so a link loop ends).
+    Hidden files and folders are left out: `.ipynb_checkpoints` holds copies of images,
+    and macOS's `._*` files are metadata with an image's extension.
+    """
+    files, broken, seen = [], [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # reached again through a link: listed once already
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
+        for name in filenames:
+            path = Path(dirpath, name)
+            if name.startswith("."):
+                continue
+            if path.is_file():
+                files.append(path)
+            elif path.is_symlink():
+                broken.append((str(path), f"broken link to {os.readlink(path)}"))
+    return sorted(files), sorted(broken)
+
+
+def not_an_image(path: Path) -> str | None:
+    """Why a file is no image to decode, from its name; None for an image."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return None
+    return f"not an image ({path.suffix or 'no extension'})"
+
+
 def scan_class_folders(
     root: Path, class_names: list[str] | None = None
-) -> tuple[ImageSet, list[str]]:
-    """`root/<class>/*` -> ImageSet of paths. Returns the set and the files left out."""
+) -> tuple[ImageSet, list[tuple[str, str]]]:
+    """`root/<class>/*` -> ImageSet of paths. Returns the set and (file, reason) for the files
+    left out. With `class_names` (train's, for val/ and test/), any other folder is an error."""
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = [name for name in found if class_names and name not in class_names]
+    if unknown:  # its images would silently go unscored
+        raise DataError(
+            f"class folder {root / unknown[0]} has no counterpart in the train split "
+            f"(classes: {', '.join(class_names)}); rename or remove it"
+        )
     class_names = class_names or found
     if not class_names:
         raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)")
     items, labels, skipped = [], [], []
     for label, name in enumerate(class_names):
         folder = root / name
-        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-        images = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
-        skipped += [str(p) for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+        files, broken = walk_files(folder) if folder.is_dir() else ([], [])
+        images = [p for p in files if not_an_image(p) is None]
+        skipped += broken + [(str(p), not_an_image(p)) for p in files if not_an_image(p)]
         if not images:
             raise DataError(f"class folder has no images: {folder}")
         items += [str(p) for p in images]
@@ -208,14 +251,50 @@ def _draft(img: Image.Image, min_size: int | None) -> None:
         img.draft("RGB", (min_size, min_size))
 
 
-def read_rgb(path: str, min_size: int | None = None) -> np.ndarray:
-    """Decode any PIL-readable image to uint8 RGB (grey, RGBA, palette, 16-bit, float, GIF frame 0).
+@contextmanager
+def open_image(path: str, *, report_large: bool = False) -> Iterator[Image.Image]:
+    """Image.open without PIL's raw DecompressionBombWarning (a bare pixel count, once per
+    process and loader worker): with `report_large` a large image gets one line naming it.
+    Past twice the limit PIL raises DecompressionBombError, which makes a bad image."""
+    # catch_warnings swaps the process's filter list: the scan's threads may restore each
+    # other's copy, but every copy differs only by this same "ignore".
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with Image.open(path) as img:
+            limit = Image.MAX_IMAGE_PIXELS
+            if report_large and limit and img.width * img.height > limit:
+                size = f"{img.width}x{img.height}"
+                log.warning(
+                    "large image %s: %s pixels, over PIL's limit of %d; a resized copy would "
+                    "load faster",
+                    path,
+                    size,
+                    limit,
+                )
+            yield img
+
+
+def bad_image_reason(exc: Exception) -> str:
+    """What skipped.txt and messages say about a file that did not decode."""
+    size = re.search(r"\((\d+) pixels\)", str(exc))  # PIL: "Image size (N pixels) exceeds ..."
+    if isinstance(exc, Image.DecompressionBombError) and size and Image.MAX_IMAGE_PIXELS:
+        limit = 2 * Image.MAX_IMAGE_PIXELS
+        return f"unreadable: too large ({size[1]} pixels; PIL stops at {limit})"
+    return f"unreadable: {first_line(exc)}"
+
+
+def read_rgb(path: str, min_size: int | None = None, *, report_large: bool = False) -> np.ndarray:
+    """Decode any PIL-readable image to uint8 RGB (grey, RGBA, palette, 16-bit, float, GIF frame 0),
+    turned upright as its EXIF orientation says (phone photos are stored sideways).
 
     `min_size` lets JPEG decoding downscale by 2/4/8 inside libjpeg (PIL's draft mode),
     which is several times faster than decoding full size and resizing afterwards.
+    Every decode of a file goes through here: training, the image cache, evaluate, predict.
     """
-    with Image.open(path) as img:
+    with open_image(path, report_large=report_large) as img:
         _draft(img, min_size)
+        # In place: no copy for the usual image without an orientation tag.
+        ImageOps.exif_transpose(img, in_place=True)
         if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # F: float, often in [0, 1]
             arr = np.asarray(img, dtype=np.float32)
             arr = np.clip(np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0), 0, None)
@@ -239,46 +318,64 @@ def check_decodes(path: str) -> None:
     it. JPEGs decode in draft mode at 1/8 scale, which still reads every byte but costs
     about a millisecond per photo.
     """
-    with Image.open(path) as img:
+    with open_image(path, report_large=True) as img:
         if img.format == "JPEG":
             img.draft("RGB", (1, 1))
         img.load()
 
 
-def _decode_error(item: np.ndarray | str) -> Exception | None:
+def _decode_error(item: np.ndarray | str) -> str | None:
+    """Why the file does not decode; None when it does (or is an array already)."""
     if not isinstance(item, str):
         return None
     try:
         check_decodes(item)
     except BAD_IMAGE_ERRORS as exc:
-        return exc
+        return bad_image_reason(exc)
     return None
 
 
-def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list[str]]:
-    """Decode every file once: with on_bad_image=skip bad ones are left out and returned."""
+def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list[tuple[str, str]]]:
+    """Decode every file once: with on_bad_image=skip bad ones are left out and returned
+    with their reason. A class left without images stops the run, as an empty folder does."""
     # PIL releases the GIL while decoding, so threads spread the check over the cores.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        errors = list(pool.map(_decode_error, images.items, chunksize=64))
+        reasons = list(pool.map(_decode_error, images.items, chunksize=64))
     keep, bad = [], []
-    for i, (item, exc) in enumerate(zip(images.items, errors, strict=True)):
-        if exc is None:
+    for i, (item, reason) in enumerate(zip(images.items, reasons, strict=True)):
+        if reason is None:
             keep.append(i)
         elif on_bad_image == "error":
-            raise DataError(f"unreadable image: {item} ({exc})") from exc
+            raise DataError(f"unreadable image: {item} ({reason.removeprefix('unreadable: ')})")
         else:
-            log.warning("skipping unreadable image %s (%s)", item, exc)
-            bad.append(item)
+            log.warning("skipping %s (%s)", item, reason)
+            bad.append((item, reason))
     if bad and not keep:
-        raise DataError(f"none of {len(bad)} image(s) can be decoded, e.g. {bad[0]}")
+        raise DataError(f"none of {len(bad)} image(s) can be decoded, e.g. {bad[0][0]}")
+    kept = images.subset(np.asarray(keep, dtype=np.int64))
+    _check_no_class_emptied(images, kept)
     if bad:
-        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), bad[0])
-    return images.subset(np.asarray(keep, dtype=np.int64)), bad
+        log.warning("skipped %d unreadable image(s), e.g. %s", len(bad), bad[0][0])
+    return kept, bad
+
+
+def _check_no_class_emptied(before: ImageSet, after: ImageSet) -> None:
+    """A class whose every image was unreadable: training on would leave it unlearnt."""
+    counts = after.class_counts()
+    for name, n in before.class_counts().items():
+        if n and not counts[name]:
+            label = before.class_names.index(name)
+            example = next(
+                i for i, y in zip(before.items, before.labels, strict=True) if y == label
+            )
+            raise DataError(
+                f"no readable images of class {name!r}: all {n} are unreadable, e.g. {example}"
+            )
 
 
 def _decoded_bytes(path: str, min_size: int | None) -> int:
     """What read_rgb(path, min_size) will hold, from the header alone (draft sets the size)."""
-    with Image.open(path) as img:
+    with open_image(path) as img:
         _draft(img, min_size)  # the very scale read_rgb will decode at
         return img.width * img.height * 3
 
@@ -299,7 +396,7 @@ def load_image(path: str, decode_size: int | None) -> np.ndarray:
     try:
         return read_rgb(path, decode_size)
     except BAD_IMAGE_ERRORS as exc:  # changed on disk after the scan
-        raise DataError(f"cannot decode image {path}: {exc}") from exc
+        raise DataError(f"cannot decode image {path}: {bad_image_reason(exc)}") from exc
 
 
 def cache_in_memory(
@@ -390,7 +487,7 @@ def build_splits(cfg: DataConfig, seed: int) -> Splits:
 
 def _drop_unreadable_parts(
     parts: dict[str, ImageSet], on_bad_image: str
-) -> tuple[dict[str, ImageSet], list[str]]:
+) -> tuple[dict[str, ImageSet], list[tuple[str, str]]]:
     kept, bad = {}, []
     for name, images in parts.items():
         kept[name], dropped = drop_unreadable(images, on_bad_image)
@@ -398,7 +495,9 @@ def _drop_unreadable_parts(
     return kept, bad
 
 
-def presplit(parts: dict[str, ImageSet], cfg: DataConfig, seed: int, skipped: list[str]) -> Splits:
+def presplit(
+    parts: dict[str, ImageSet], cfg: DataConfig, seed: int, skipped: list[tuple[str, str]]
+) -> Splits:
     """Complete a given train (+ val) (+ test) split.
 
     A val part without a test part is held out as the test set (as in the classic ants/bees
@@ -417,7 +516,9 @@ def presplit(parts: dict[str, ImageSet], cfg: DataConfig, seed: int, skipped: li
     return Splits(train, parts["val"], parts["test"], skipped)
 
 
-def _split_all(images: ImageSet, cfg: DataConfig, seed: int, skipped: list[str]) -> Splits:
+def _split_all(
+    images: ImageSet, cfg: DataConfig, seed: int, skipped: list[tuple[str, str]]
+) -> Splits:
     test_idx, val_idx, train_idx = stratified_split(
         images.labels, [cfg.test_fraction, cfg.val_fraction], seed
     )

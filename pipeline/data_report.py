@@ -15,7 +15,7 @@ def class_counts(splits: Splits) -> dict[str, dict[str, int]]:
 
 def log_data_report(run: Run, splits: Splits, out_dir: Path) -> None:
     """`class_counts.json` and `data.class_counts.<split>` params; the metric `data/skipped`
-    and, when files were left out, `skipped.txt` listing them one per line."""
+    and, when files were left out, `skipped.txt` listing them one per line as `path<TAB>reason`."""
     counts = class_counts(splits)
     counts_path = out_dir / "class_counts.json"
     counts_path.write_text(json.dumps(counts, indent=2, ensure_ascii=False))
@@ -24,5 +24,6 @@ def log_data_report(run: Run, splits: Splits, out_dir: Path) -> None:
     run.log_metrics({"data/skipped": len(splits.skipped)})
     if splits.skipped:
         skipped_path = out_dir / "skipped.txt"
-        skipped_path.write_text("".join(f"{path}\n" for path in splits.skipped), encoding="utf-8")
+        lines = "".join(f"{path}\t{reason}\n" for path, reason in splits.skipped)
+        skipped_path.write_text(lines, encoding="utf-8")
         run.log_artifact(skipped_path)

@@ -23,7 +23,14 @@ from pipeline.augment import build_eval_transform
 from pipeline.backbone import InputSpec
 from pipeline.checkpoint import load_checkpoint
 from pipeline.config import RunConfig, run_config_from_dict
-from pipeline.data import IMAGE_EXTENSIONS, DeviceNormalize, read_rgb
+from pipeline.data import (
+    BAD_IMAGE_ERRORS,
+    DeviceNormalize,
+    bad_image_reason,
+    not_an_image,
+    read_rgb,
+    walk_files,
+)
 from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.model import Classifier, build_model
 from pipeline.tracking import mlflow_client, store_missing
@@ -232,19 +239,16 @@ def _class_names(labels_file: Path | None, state: dict) -> list[str]:
 
 
 def list_images(path: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """Images under a file or folder (recursive, sorted), and (file, reason) for the rest."""
+    """Images under a file or folder (recursive, sorted), and (file, reason) for the rest.
+    A folder is listed as training scans one: hidden files and folders left out, links
+    followed, broken ones reported."""
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"input not found: {path}")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    images, skipped = [], []
-    for file in files:
-        if file.name.startswith("."):
-            continue
-        if file.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append((file, f"not an image ({file.suffix or 'no extension'})"))
-            continue
-        images.append(file)
+    files, broken = ([path], []) if path.is_file() else walk_files(path)
+    images = [file for file in files if not_an_image(file) is None]
+    skipped = [(Path(link), reason) for link, reason in broken]
+    skipped += [(file, not_an_image(file)) for file in files if not_an_image(file)]
     return images, skipped
 
 
@@ -253,7 +257,9 @@ def read_images(paths: list[Path], decode_size: int | None) -> tuple[list, list]
     good, bad = [], []
     for path in paths:
         try:
-            good.append((path, read_rgb(str(path), decode_size)))
+            good.append((path, read_rgb(str(path), decode_size, report_large=True)))
+        except BAD_IMAGE_ERRORS as exc:
+            bad.append((path, bad_image_reason(exc)))
         except Exception as exc:  # PIL raises many types for a broken file
             bad.append((path, f"unreadable ({type(exc).__name__})"))
     return good, bad

@@ -4,11 +4,14 @@ Paths are relative to the CSV's folder (absolute paths work too). Labels are cla
 classes are sorted by name, as for image folders. A `split` column (train/val/test) fixes
 the split (rows left empty join train; a missing val or test part is carved from train);
 a manifest without one is split by the pipeline from the configured fractions.
+UTF-8 and UTF-16 with a byte-order mark are read; other encodings stop with the line.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +22,46 @@ from pipeline.errors import DataError
 MAX_LISTED = 5  # missing files named in the error message
 
 
-def load_csv(path: Path) -> tuple[dict[str, ImageSet], list[str]]:
+def read_text(path: Path) -> str:
+    """The manifest's text: UTF-8, or UTF-16 with a byte-order mark (Excel's "Unicode text").
+    A UTF-8 byte-order mark (Excel's "CSV UTF-8") is dropped."""
+    data = path.read_bytes()
+    utf16 = data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE))
+    encoding, name = ("utf-16", "UTF-16") if utf16 else ("utf-8-sig", "UTF-8")
+    if not utf16 and b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        raise DataError(
+            f"{path} line {line}: NUL bytes, as in UTF-16 without a byte-order mark; "
+            "save it as UTF-8"
+        )
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].decode(encoding, errors="replace").count("\n") + 1
+        raise DataError(
+            f"{path} line {line}: byte 0x{data[exc.start]:02x} is not {name}; save it as UTF-8 "
+            "(or UTF-16 with a byte-order mark)"
+        ) from exc
+
+
+def load_csv(path: Path) -> tuple[dict[str, ImageSet], list[tuple[str, str]]]:
     """Returns {'all': set} or {'train': ..., 'val': ..., 'test': ...} and no skipped files."""
     if not path.is_file():
         raise DataError(f"CSV manifest not found: {path}")
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: Excel's byte-order mark
-        reader = csv.DictReader(f)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
         columns = [c.strip().lower() for c in reader.fieldnames or []]
         if not {"path", "label"} <= set(columns):
             raise DataError(f"{path} needs a header with path and label columns, got {columns}")
+        twice = next((c for i, c in enumerate(columns) if c and c in columns[:i]), None)
+        if twice:  # DictReader would keep the last one's values without a word
+            raise DataError(f"{path}: column {twice!r} appears twice in the header; keep one")
         rows = [
             {k.strip().lower(): (v or "").strip() for k, v in row.items() if k} for row in reader
         ]
+    except csv.Error as exc:  # e.g. a field over csv's size limit, as an unclosed quote makes
+        # reader.reader's line_num: DictReader's own lags a line behind on an error
+        raise DataError(f"{path} line {reader.reader.line_num}: {exc}") from exc
     if not rows:
         raise DataError(f"CSV manifest has no rows: {path}")
 

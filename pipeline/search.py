@@ -1,8 +1,9 @@
 """Hyperparameter search settings: what a trial reports to the sweeper, and under which study.
 
-The search itself is Hydra's Optuna sweeper (conf/hparams_search/*.yaml picks the space);
-each trial is `stage=search`, which trains once as a child of the study's parent run and
-returns the objective, measured on validation (never test) at the selected epoch.
+The search itself is this project's Optuna sweeper (hydra_plugins/pipeline_optuna_sweeper;
+conf/hparams_search/*.yaml picks the space); each trial is `stage=search`, which trains once
+as a child of the study's parent run and returns the objective, measured on validation (never
+test) at the selected epoch.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pipeline.errors import ConfigError
 class SearchConfig:
     study: str = "search"  # the parent run's name: trials of one study nest under it
     metric: str = "val/acc"  # any per-epoch metric: val/acc, val/loss, ...
-    direction: str = "maximize"  # maximize | minimize; must match the sweeper's
+    direction: str = "maximize"  # maximize | minimize; hparams_search passes it to the sweeper
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):  # it goes into MLflow filters

@@ -113,6 +113,57 @@ def test_missing_root_and_empty_class_folder_name_the_path(tmp_path):
         build_splits(DataConfig(name="folder", root=str(root)), seed=0)
 
 
+def test_a_class_folder_in_val_that_train_lacks_is_refused(tmp_path):
+    # Its images would be dropped without a word, and the test score would cover fewer classes.
+    write_image_folder(tmp_path / "imgs" / "train", classes=("ant", "bee"), per_class=4)
+    write_image_folder(tmp_path / "imgs" / "val", classes=("ant", "bee", "wasp"), per_class=2)
+    with pytest.raises(DataError, match=r"class folder .*val/wasp has no counterpart in the train"):
+        build_splits(DataConfig(name="folder", root=str(tmp_path / "imgs")), seed=0)
+
+
+def _rows_for(tmp_path: Path, classes: str = "ab", per_class: int = 6) -> list[str]:
+    write_image_folder(tmp_path / "imgs", classes=tuple(classes), per_class=per_class)
+    return [f"imgs/{c}/img {i}.png,{c}" for c in classes for i in range(per_class)]
+
+
+def test_csv_in_utf16_with_a_byte_order_mark_is_read(tmp_path):
+    rows = ["path,label", *_rows_for(tmp_path)]
+    for encoding in ("utf-16", "utf-8-sig"):  # utf-16 writes a BOM; so does Excel's UTF-8
+        (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding=encoding)
+        splits = build_splits(DataConfig(name="csv", root=str(tmp_path / "m.csv")), seed=0)
+        assert sum(splits.sizes().values()) == 12, encoding
+
+
+def test_csv_not_in_utf8_names_the_line_and_the_encoding_expected(tmp_path):
+    rows = ["path,label", *_rows_for(tmp_path)]
+    rows[5] = rows[5].replace(",a", ",abeille é")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n", encoding="latin-1")
+    cfg = DataConfig(name="csv", root=str(tmp_path / "m.csv"))
+    with pytest.raises(DataError, match=r"m\.csv line 6: byte 0xe9 is not UTF-8; save it as UTF-8"):
+        build_splits(cfg, seed=0)
+    # UTF-16 without a byte-order mark decodes as UTF-8 full of NUL characters
+    (tmp_path / "m.csv").write_bytes("\n".join(rows).encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"m\.csv line 1: .*UTF-16 without a byte-order mark"):
+        build_splits(cfg, seed=0)
+
+
+def test_csv_field_over_the_csv_modules_limit_names_its_line(tmp_path):
+    rows = ["path,label", *_rows_for(tmp_path)]
+    rows[3] = f"{'x' * 200_000}.png,a"
+    cfg = DataConfig(name="csv", root=str(_csv(tmp_path / "m.csv", rows)))
+    with pytest.raises(DataError, match=r"m\.csv line 4: field larger than field limit") as err:
+        build_splits(cfg, seed=0)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 300
+
+
+def test_csv_with_a_column_named_twice_is_refused(tmp_path):
+    # csv.DictReader keeps the last of two "label" columns without a word.
+    rows = ["path,label,Label", *(f"{row},b" for row in _rows_for(tmp_path))]
+    cfg = DataConfig(name="csv", root=str(_csv(tmp_path / "m.csv", rows)))
+    with pytest.raises(DataError, match=r"m\.csv: column 'label' appears twice in the header"):
+        build_splits(cfg, seed=0)
+
+
 # --- CIFAR ----------------------------------------------------------------------------------
 
 

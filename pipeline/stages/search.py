@@ -1,4 +1,4 @@
-"""stage=search: one trial of a hyperparameter search (run by Hydra's Optuna sweeper).
+"""stage=search: one trial of a hyperparameter search (run by hydra_plugins' Optuna sweeper).
 
 Trains once as a nested child of the study's parent run (found by its `study` tag, created by
 the first trial), returns the objective for the sweeper, and keeps the best trial so far on
