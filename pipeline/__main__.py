@@ -14,8 +14,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import distributed
-from pipeline.config import CONF_DIR, run_config_from_dict
-from pipeline.errors import PipelineError
+from pipeline.config import CONF_DIR, compose, run_config_from_dict
+from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.signals import sigterm_as_interrupt
 
 
@@ -32,6 +32,7 @@ def _run(cfg: DictConfig) -> float | None:
         # A sweeper (hparams_search=...) optimises what the task returns: stage=search's objective.
         return result if isinstance(result, float) else None
     except PipelineError as exc:
+        _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the message says how to resume
@@ -39,6 +40,63 @@ def _run(cfg: DictConfig) -> float | None:
         raise SystemExit(f"interrupted: {str(exc) or 'Ctrl-C'}") from None
     finally:
         distributed.cleanup()  # leave a torchrun process group cleanly
+
+
+# What Hydra writes into every run's output folder before the task starts.
+_HYDRA_FILES = (".hydra", "__main__.log")
+
+
+def _remove_if_unused(out_dir: Path) -> None:
+    """A command that failed before writing anything leaves no outputs/<date>/<time>/ behind.
+
+    Only Hydra's own files and empty folders go; anything a stage wrote (a checkpoint to
+    resume from) keeps the folder. Then the date folder and outputs/ go too, if now empty."""
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode != RunMode.RUN or not out_dir.is_dir():
+        return  # a multirun's job folders belong to its sweep
+    written = [
+        p
+        for p in out_dir.rglob("*")
+        if p.is_file() and p.relative_to(out_dir).parts[0] not in _HYDRA_FILES
+    ]
+    if written:
+        return
+    import shutil
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    cwd = Path.cwd().resolve()
+    for parent in out_dir.resolve().parents:
+        if parent == cwd or cwd not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only when empty: another run's folder stays
+        except OSError:
+            break
+
+
+def _check_command_line(argv: list[str]) -> None:
+    """Compose the config as Hydra will, before Hydra makes an output folder: a typo'd key or
+    group option or a bad value then ends in one line (config.composition_error) and leaves
+    no folder behind. Hydra's own commands (--help, --cfg ...) and configs from elsewhere
+    (--config-dir ...) are left to Hydra; a multirun's sweep values are checked per job."""
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    args = get_args_parser().parse_args(argv)
+    hydra_commands = (args.help, args.hydra_help, args.cfg, args.info, args.shell_completion)
+    elsewhere = (args.config_path, args.config_name, args.config_dir, args.experimental_rerun)
+    if any(hydra_commands) or any(elsewhere):
+        return
+    overrides = args.overrides
+    if args.multirun:
+        try:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+        except HydraException as exc:
+            raise ConfigError(first_line(exc)) from exc
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+    compose(overrides)
 
 
 def _register_optuna_sweeper() -> None:
@@ -53,7 +111,11 @@ def _register_optuna_sweeper() -> None:
 
 
 def main() -> None:
-    _register_optuna_sweeper()
+    _register_optuna_sweeper()  # before the check: hparams_search=... composes its sweeper
+    try:
+        _check_command_line(sys.argv[1:])
+    except PipelineError as exc:
+        raise SystemExit(f"error: {exc}") from None
     _run()
 
 

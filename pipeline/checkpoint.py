@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,29 @@ def save_atomic(payload: Any, path: str | Path) -> Path:
     return path
 
 
+# torch's two wordings for a pickled global that weights_only refuses.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+?)(?: was not an allowed global| whose module)")
+
+
+def load_failure(path: str | Path, exc: Exception, unreadable: str) -> str:
+    """One line for a failed torch.load(weights_only=True); `unreadable` starts the generic one.
+
+    torch's own message (ANSI bold included) explains how to load the file anyway; a file
+    from elsewhere that pickles code (a class, a function) is refused instead, by name."""
+    text = str(exc)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return (
+            f"{path} holds pickled code objects (global {refused.group(1)}) and is refused: "
+            "only tensors and plain containers are loaded"
+        )
+    if "Weights only load failed" in text:  # keep the reason, drop the advice
+        _, found, reason = text.partition("WeightsUnpickler error:")
+        lines = [line.strip() for line in reason.splitlines() if line.strip()]
+        return f"{unreadable}: {lines[0] if found and lines else 'not a torch.save file'}"
+    return f"{unreadable}: {first_line(exc)}"
+
+
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     """A dict saved by torch.save; anything else ends in one ConfigError line."""
     path = Path(path)
@@ -37,7 +61,7 @@ def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, not a torch file at all
-        raise ConfigError(f"{path} is not a readable {what}: {first_line(exc)}") from exc
+        raise ConfigError(load_failure(path, exc, f"{path} is not a readable {what}")) from exc
     if not isinstance(state, dict):
         raise ConfigError(f"{path} is not a {what}: it holds a {type(state).__name__}")
     return state

@@ -7,6 +7,7 @@ plain typed objects. Unknown keys and bad values fail here, before any work, wit
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
@@ -18,7 +19,7 @@ from pipeline.ablation import AblationConfig
 from pipeline.augment import AugmentConfig
 from pipeline.backbone import BackboneConfig
 from pipeline.data import DataConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, first_line
 from pipeline.evaluate import EvalConfig
 from pipeline.features import check_cache_features
 from pipeline.finetune import FinetuneConfig, check_unfreezes
@@ -160,11 +161,44 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
-    if GlobalHydra.instance().is_initialized():  # inside @hydra.main, e.g. stage=ablate
-        cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    try:
+        if GlobalHydra.instance().is_initialized():  # inside @hydra.main, e.g. stage=ablate
             cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+        else:
+            with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+                cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise ConfigError(composition_error(exc)) from exc
     return run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+
+
+def composition_error(exc: Exception) -> str:
+    """Hydra's error as one line. Its own text runs to a dozen lines and, for a typo'd key,
+    advises `+key=value`, which adds a key the run config then rejects: say did-you-mean."""
+    from hydra.errors import MissingConfigException
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file and exc.options:
+        group, _, option = exc.missing_cfg_file.rpartition("/")  # optim=adamww: optim/adamww
+        return f"unknown {group} option {option!r}" + _did_you_mean(option, exc.options, "")
+    cause = exc.__cause__
+    parent = getattr(cause, "parent_node", None)
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and parent is not None:
+        path, _, key = str(cause.full_key).rpartition(".")
+        known = [str(k) for k in parent if k != "hydra"]
+        if not path:  # the top level: config groups with no default (experiment=...) too
+            known += [d.name for d in CONF_DIR.iterdir() if d.is_dir() and d.name not in known]
+        return f"unknown config key {cause.full_key}" + _did_you_mean(key, known, path)
+    return first_line(exc)
+
+
+def _did_you_mean(name: str, choices: list[str], path: str) -> str:
+    where = f"{path}." if path else ""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if close:
+        return f"; did you mean {', '.join(where + c for c in close)}?"
+    return f" (known: {', '.join(sorted(choices))})"

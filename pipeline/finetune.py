@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pipeline.errors import ConfigError
 from pipeline.groups import backbone_stages
@@ -101,6 +102,22 @@ def apply_finetune(model: Classifier, cfg: FinetuneConfig, epoch: int = 0) -> bo
         p.requires_grad_(True)
     model.refresh_frozen()
     return before != [p.requires_grad for p in model.backbone.parameters()]
+
+
+def batch_norm_trains(model: Classifier, cfg: FinetuneConfig, epochs: int) -> bool:
+    """Whether a BatchNorm layer normalises with batch statistics in some epoch: the head's
+    always, a backbone one once its stage trains (strategies only ever unfreeze more, so the
+    last epoch trains the most). Frozen ones stay in eval mode (Classifier.train)."""
+    if any(isinstance(m, _BatchNorm) for m in model.head.modules()):
+        return True
+    stages = backbone_stages(model.backbone)
+    n = trainable_stages(cfg, epochs - 1, len(stages))
+    trainable = {name for stage in stages[len(stages) - n :] for name in stage}
+    return any(
+        isinstance(module, _BatchNorm)
+        and any(f"{prefix}.{name}" in trainable for name, _ in module.named_parameters())
+        for prefix, module in model.backbone.named_modules()
+    )
 
 
 def rebuild_on_change(

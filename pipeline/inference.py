@@ -33,7 +33,7 @@ from pipeline.data import (
 )
 from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.model import Classifier, build_model
-from pipeline.tracking import mlflow_client
+from pipeline.tracking import mlflow_client, store_missing
 from pipeline.train import Batches, resolve_device
 
 log = logging.getLogger(__name__)
@@ -99,14 +99,17 @@ def _fetch_run_files(cfg: RunConfig, work_dir: Path) -> dict[str, Path | None]:
     """config.yaml, the weights it tested and confusion_matrix.json (class names) of a run."""
     from mlflow.exceptions import MlflowException
 
+    not_found = ConfigError(
+        f"run_id={cfg.run_id} not found in {cfg.tracking.uri} (pass tracking.uri=... "
+        "where it was logged, or checkpoint=<path>)"
+    )
+    if store_missing(cfg.tracking.uri):
+        raise not_found
     client = mlflow_client(cfg.tracking.uri)
     try:
         client.get_run(cfg.run_id)
     except MlflowException as exc:
-        raise ConfigError(
-            f"run_id={cfg.run_id} not found in {cfg.tracking.uri} (pass tracking.uri=... "
-            "where it was logged, or checkpoint=<path>)"
-        ) from exc
+        raise not_found from exc
     dst = work_dir / "source_run"
     dst.mkdir(parents=True, exist_ok=True)
     files = {
@@ -159,6 +162,26 @@ def trained_config(saved: dict | None, current: RunConfig) -> RunConfig:
     return dataclasses.replace(run_cfg, data=data, train=train)
 
 
+def _read_run_config(path: Path) -> dict:
+    """A run's config.yaml as plain data. safe_load builds no Python objects; a file with a
+    tag that would (`!!python/object/apply:os.system`) is refused in one line."""
+    try:
+        saved = yaml.safe_load(path.read_text())
+    except yaml.constructor.ConstructorError as exc:
+        tag = (exc.problem or "").partition("tag '")[2].rstrip("'")
+        tag = tag.replace("tag:yaml.org,2002:", "!!")
+        line = exc.problem_mark.line + 1 if exc.problem_mark else "?"
+        raise ConfigError(
+            f"{path}: refused: line {line} holds the YAML tag {tag or '(unknown)'}, which builds "
+            "Python objects (a run's config.yaml is plain data)"
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not readable YAML: {first_line(exc)}") from exc
+    if not isinstance(saved, dict):
+        raise ConfigError(f"{path} is not a run's config: it holds a {type(saved).__name__}")
+    return saved
+
+
 def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
     """Rebuild the model a run trained and load its best checkpoint."""
     if cfg.run_id and cfg.checkpoint:
@@ -166,7 +189,7 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
     if not (cfg.run_id or cfg.checkpoint):
         raise ConfigError(f"stage={cfg.stage} needs run_id=<MLflow run id> or checkpoint=<path>")
     files = _fetch_run_files(cfg, Path(work_dir)) if cfg.run_id else _local_files(cfg)
-    saved = yaml.safe_load(files["config.yaml"].read_text()) if files["config.yaml"] else None
+    saved = _read_run_config(files["config.yaml"]) if files["config.yaml"] else None
     run_cfg = trained_config(saved, cfg)
     if run_cfg.train.threads:
         torch.set_num_threads(run_cfg.train.threads)

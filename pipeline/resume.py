@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import ConfigError
-from pipeline.tracking import TrackingConfig, mlflow_client
+from pipeline.tracking import TrackingConfig, mlflow_client, store_missing
 
 CHECKPOINT_DIR_TAG = "checkpoint.dir"
 RUN_ID = re.compile(r"[0-9a-f]{32}")
@@ -43,6 +43,8 @@ def _load(path: Path, run_id: str | None, status: str | None = None) -> ResumePo
 def _run_status(run_id: str, tracking: TrackingConfig) -> str | None:
     from mlflow.exceptions import MlflowException
 
+    if store_missing(tracking.uri):
+        return None
     try:
         return mlflow_client(tracking.uri).get_run(run_id).info.status
     except MlflowException:  # the run lives in another store: nothing to check against
@@ -66,11 +68,14 @@ def find_resume_point(spec: str, tracking: TrackingConfig, scratch_dir: Path) ->
         )
     from mlflow.exceptions import MlflowException
 
+    not_found = ConfigError(f"train.resume={spec}: no such run in {tracking.uri}")
+    if store_missing(tracking.uri):
+        raise not_found
     client = mlflow_client(tracking.uri)
     try:
         run = client.get_run(spec)
     except MlflowException as exc:
-        raise ConfigError(f"train.resume={spec}: no such run in {tracking.uri}") from exc
+        raise not_found from exc
     local = run.data.tags.get(CHECKPOINT_DIR_TAG)
     if local and (Path(local) / "last.pt").is_file():
         return _load(Path(local) / "last.pt", spec, run.info.status)

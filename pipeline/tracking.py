@@ -148,6 +148,14 @@ def _store_error(uri: str, exc: Exception) -> Exception:
     )
 
 
+def store_missing(uri: str) -> bool:
+    """A local SQLite store that does not exist holds no runs: a look-up must not create it
+    (a command that fails on a run id would leave an empty mlruns/mlflow.db behind)."""
+    if not uri.startswith("sqlite:///"):
+        return False
+    return not Path(uri.removeprefix("sqlite:///")).expanduser().is_file()
+
+
 def mlflow_client(uri: str) -> Any:
     """An MlflowClient for `uri`, after checks that fail in seconds with one line."""
     if uri.startswith(("http://", "https://")):

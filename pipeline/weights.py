@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import WeightsUnavailableError, first_line
+from pipeline.checkpoint import load_failure
+from pipeline.errors import WeightsUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor payloads
         raise WeightsUnavailableError(
-            f"cannot read weights file {path}: {first_line(exc)}"
+            load_failure(path, exc, f"cannot read weights file {path}")
         ) from exc
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):

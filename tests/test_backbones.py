@@ -136,7 +136,7 @@ def test_download_offline_fails_fast_and_names_the_fixes(monkeypatch, tmp_path):
         run_download(compose(["stage=download", "backbone.pretrained=false"]))
 
 
-def test_download_fills_the_hf_cache_and_later_runs_read_it_offline(monkeypatch, tmp_path):
+def test_download_fills_the_hf_cache_and_later_runs_read_it_offline(monkeypatch, tmp_path, capsys):
     """The hub is faked: `hf_hub_download` writes the cache layout the real one leaves."""
     cache = tmp_path / "hub"
     state = timm.create_model("test_resnet").state_dict()
@@ -158,6 +158,8 @@ def test_download_fills_the_hf_cache_and_later_runs_read_it_offline(monkeypatch,
     cfg = compose(["stage=download", "backbone.name=test_resnet"])
     info = run_download(cfg)
     assert info.source == "hub" and calls == [("timm/test_resnet.r160_in1k", "model.safetensors")]
+    # The weights' input size, not the 64 px the default data group (digits) trains at.
+    assert cfg.backbone.img_size == 64 and "; input 160px, mean " in capsys.readouterr().out
     # Offline now: the same weights come from the cache, hash included.
     monkeypatch.setattr("pipeline.weights.hub_reachable", lambda: False)
     cached = run_download(cfg)

@@ -107,12 +107,26 @@ def test_resume_with_another_model_fails_before_touching_the_finished_run(
     assert MlflowClient(mlflow_uri).get_run(done.run_id).info.status == "FINISHED"
 
 
-def test_batch_of_one_with_batchnorm_fails_the_run_with_a_hint(tiny_cfg, image_folder, tmp_path):
-    from pipeline.errors import TrainingError
-
-    cfg = tiny_cfg("data=folder", f"data.root={image_folder}", "data.batch_size=1")
+def test_batch_of_one_with_batchnorm_fails_before_an_mlflow_run_exists(
+    tiny_cfg, image_folder, tmp_path
+):
+    store = tmp_path / "store" / "mlflow.db"
+    cfg = tiny_cfg(
+        "data=folder", f"data.root={image_folder}", "data.batch_size=1",
+        f"tracking.uri=sqlite:///{store}",
+    )  # fmt: skip
     with pytest.raises(
-        TrainingError,
+        ConfigError,
         match=r"BatchNorm needs 2 or more images per batch, got data\.batch_size=1: raise it",
     ):
         run_train(cfg, tmp_path / "out")
+    assert not store.exists()  # failed on the config: no run, not even a store
+
+
+def test_batch_of_one_without_training_batchnorm_trains(tiny_cfg, image_folder, tmp_path):
+    # finetune=frozen keeps the backbone's BatchNorm in eval mode; the linear head has none.
+    cfg = tiny_cfg(
+        "data=folder", f"data.root={image_folder}", "data.batch_size=1", "finetune=frozen",
+        "tracking.enabled=false",
+    )  # fmt: skip
+    assert len(run_train(cfg, tmp_path / "out").fit.history) == 1

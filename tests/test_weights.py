@@ -131,7 +131,7 @@ def test_mismatched_weights_list_missing_and_unexpected_keys(tiny_checkpoint):
 def test_pickled_non_tensor_checkpoint_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": object()}, path)  # needs full pickle: weights_only refuses it
-    with pytest.raises(WeightsUnavailableError, match="cannot read weights file"):
+    with pytest.raises(WeightsUnavailableError, match=r"code objects \(global \S*object\)"):
         read_state_dict(path)
 
 

@@ -7,6 +7,7 @@ Run it once on a connected machine: the file lands in the Hugging Face cache
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -27,7 +28,10 @@ def run_download(cfg: RunConfig, out_dir: Path | None = None) -> WeightsInfo:
         raise ConfigError("stage=download needs backbone.pretrained=true")
     try:
         # Resolves in the documented order, downloads if needed, loads strictly, or raises.
-        _, spec, info = create_backbone(cfg.backbone)
+        # img_size=None: report the weights' own input size, not the size a data group
+        # trains at (data=digits sets 64 px).
+        native = dataclasses.replace(cfg.backbone, img_size=None)
+        _, spec, info = create_backbone(native)
     except WeightsOfflineError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
         why = (

@@ -1,9 +1,11 @@
 """stage=export format=onnx|torchscript: one file that serves without the training code.
 
 The export is checked against PyTorch on a batch size it was not traced with (so the dynamic
-batch dimension is exercised too), then logged in a run nested under the training run, with
-the TorchScript graph as an MLflow PyTorch model (signature + input example), servable with
-`mlflow models serve -m runs:/<export run id>/model --env-manager local`.
+batch dimension is exercised too), then logged in a run nested under the training run as an
+MLflow model of the exported format (signature + input example), servable with
+`mlflow models serve -m runs:/<export run id>/model --env-manager local`: format=onnx logs the
+ONNX flavour; format=torchscript logs the PyTorch flavour saved with torch.export ("pt2"), since
+MLflow's TorchScript path pickles the model and loads it with the deprecated torch.jit.load.
 """
 
 from __future__ import annotations
@@ -54,21 +56,45 @@ def _fluent_run(tracking_uri: str, run_id: str):
         yield mlflow
 
 
-def _log_mlflow_model(run: Run, tracking_uri: str, traced, example: np.ndarray, probs, labels):
+def _log_mlflow_model(
+    run: Run, tracking_uri: str, fmt: str, exported, example: np.ndarray, probs, labels
+) -> str:
+    """`exported`: the ONNX file for format=onnx, else the eager ExportModel."""
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, probs)
+    metadata = {"class_names": labels, "input": "uint8 NHWC RGB", "output": "probs"}
     with _fluent_run(tracking_uri, run.run_id) as mlflow:
-        info = mlflow.pytorch.log_model(
-            traced,
-            name="model",
-            signature=signature,
-            input_example=example[:1],
-            # Pinned here so MLflow does not import the model in a subprocess to guess them.
-            serialization_format="pickle",  # TorchScript is saved with torch.jit.save
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-            metadata={"class_names": labels, "input": "uint8 NHWC RGB", "output": "probs"},
-        )
+        if fmt == "onnx":
+            import onnx
+            import onnxruntime
+
+            info = mlflow.onnx.log_model(
+                onnx.load(str(exported)),
+                name="model",
+                signature=signature,
+                input_example=example,
+                # CPU: the provider the export was checked with, present in every onnxruntime.
+                onnx_execution_providers=["CPUExecutionProvider"],
+                save_as_external_data=False,  # one file, as exported
+                # Pinned here so MLflow does not import the model in a subprocess to guess them.
+                pip_requirements=[
+                    f"onnx=={onnx.__version__}",
+                    f"onnxruntime=={onnxruntime.__version__}",
+                ],
+                metadata=metadata,
+            )
+        else:
+            info = mlflow.pytorch.log_model(
+                exported,
+                name="model",
+                signature=signature,
+                # Two images: torch.export would fix a batch of one as a constant dimension.
+                input_example=example,
+                serialization_format="pt2",  # torch.export: no pickle, no torch.jit.load
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                metadata=metadata,
+            )
     return info.model_uri
 
 
@@ -88,9 +114,9 @@ def run_export(cfg: RunConfig, out_dir: Path) -> ExportResult:
         reference = model(check_batch).numpy()
         example_probs = model(example).numpy()
 
-    traced = export_torchscript(model, example, out_dir / "model.pt")
     if cfg.format == "torchscript":
         path = out_dir / "model.pt"
+        traced = export_torchscript(model, example, path)
         exported = traced(check_batch).detach().numpy()
     else:
         path = export_onnx(model, example, out_dir / "model.onnx")
@@ -117,7 +143,13 @@ def run_export(cfg: RunConfig, out_dir: Path) -> ExportResult:
         run.log_artifact(labels_path)
         if run.active:
             model_uri = _log_mlflow_model(
-                run, cfg.tracking.uri, traced, example.numpy(), example_probs, trained.class_names
+                run,
+                cfg.tracking.uri,
+                cfg.format,
+                path if cfg.format == "onnx" else model,
+                example.numpy(),
+                example_probs,
+                trained.class_names,
             )
     if run.run_id:
         print(f"logged to run {run.run_id}; serve it with:")

@@ -28,7 +28,7 @@ from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.features import cached_feature_loaders, check_cache_features
-from pipeline.finetune import apply_finetune, rebuild_on_change
+from pipeline.finetune import apply_finetune, batch_norm_trains, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
 from pipeline.kfold import run_splits
 from pipeline.metrics import classification_report, confusion_matrix, format_report, summarize
@@ -263,6 +263,25 @@ def _check_checkpoint_fits(model: torch.nn.Module, state: dict, spec: str) -> No
         )
 
 
+def _check_batch_norm_batches(cfg: RunConfig, training: _Training) -> None:
+    """BatchNorm in train mode fails on a batch of one image, an epoch into an open MLflow
+    run: refuse such a config before the run starts."""
+    loader = training.loaders["train"]
+    drawn, size = len(loader.sampler), loader.batch_size
+    smallest = size if loader.drop_last else drawn % size or size
+    if smallest > 1 or not batch_norm_trains(training.model, cfg.finetune, cfg.train.epochs):
+        return
+    if size == 1:
+        raise ConfigError(
+            "BatchNorm needs 2 or more images per batch, got data.batch_size=1: raise it "
+            "(train.accumulate_steps keeps the effective batch size)"
+        )
+    raise ConfigError(
+        "BatchNorm needs 2 or more images per batch, and the train split gives 1 image: add "
+        "images, or lower data.val_fraction / data.test_fraction"
+    )
+
+
 def _build_training(
     cfg: RunConfig, splits: Splits, device: torch.device, dist_info: distributed.DistInfo
 ) -> _Training:
@@ -433,6 +452,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         splits = run_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
     training = _build_training(cfg, splits, device, dist_info)
+    _check_batch_norm_batches(cfg, training)
     if resume is not None:
         _check_checkpoint_fits(training.model, resume.state, cfg.train.resume)
 
