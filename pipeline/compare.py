@@ -112,7 +112,7 @@ def paired_test(
     if not diffs:
         return Paired(0, math.nan, math.nan, math.nan, math.nan)
     paired = Paired(len(diffs), float(np.mean(diffs)), math.nan, math.nan, math.nan)
-    paired.identical = len(diffs) > 1 and np.ptp(diffs) <= SAME_DIFFERENCE
+    paired.identical = len(diffs) > 1 and bool(np.ptp(diffs) <= SAME_DIFFERENCE)
     if paired.untestable:
         return paired
     paired.ci_low, paired.ci_high = t_interval(diffs)
@@ -160,6 +160,10 @@ def _pm(mean: float, std: float, fmt: str) -> str:
     return fmt.format(mean) + ("" if math.isnan(std) else " ± " + fmt.format(std))
 
 
+def _metric_format(metric: str) -> str:
+    return dict((k, f) for k, _, f in COLUMNS).get(metric, "{:.4f}")
+
+
 def _signed(value: float, fmt: str = "{:+.4f}") -> str:
     return "–" if math.isnan(value) else fmt.format(value)
 
@@ -202,7 +206,7 @@ def table_legend(summaries: list[VariantSummary], metric: str, baseline: str) ->
 def format_table(summaries: list[VariantSummary], metric: str = "test/acc") -> str:
     """A Markdown table: readable in the terminal and rendered by MLflow's artifact view."""
     columns = [(k, t, f) for k, t, f in COLUMNS if k != metric]
-    fmt = dict((k, f) for k, _, f in COLUMNS).get(metric, "{:.4f}")
+    fmt = _metric_format(metric)
     header = ["variant", "n", metric, "Δ vs baseline", "95% CI of Δ (paired t)", "p (paired t)"]
     header += [title for _, title, _ in columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -242,7 +246,7 @@ def in_unit_interval(metric: str) -> bool:
 
 
 def _bar_label(summary: VariantSummary, metric: str) -> str:
-    fmt = dict((k, f) for k, _, f in COLUMNS).get(metric, "{:.4f}")
+    fmt = _metric_format(metric)
     if summary.paired is None:
         return fmt.format(summary.mean[metric])
     delta = _signed(summary.delta, fmt.replace("{:", "{:+"))
