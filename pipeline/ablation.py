@@ -38,7 +38,7 @@ class AblationConfig:
     seeds: int = 3  # runs per variant, seeds first_seed .. first_seed + seeds - 1
     first_seed: int = 0
     metric: str = "test/acc"  # what the deltas, paired tests and chart compare
-    bootstrap: int = 10000  # resamples for the CI of the mean paired difference
+    bootstrap: int = 10000  # resamples for ablation.csv's bootstrap CI (from 5 seeds on)
     # Narrow this process to one variant and/or seed: one job of a Hydra multirun.
     only_variant: str | None = None
     only_seed: int | None = None

@@ -1,6 +1,6 @@
 """LR range test (Smith, 2017; fastai's lr_find): raise the learning rate exponentially over a
-few hundred steps and watch the training loss. A good starting LR sits where the smoothed loss
-falls fastest, well before it blows up.
+few hundred steps and watch the training loss. A good starting LR sits on the fall of the
+smoothed loss, well before it bottoms out and blows up.
 """
 
 from __future__ import annotations
@@ -54,22 +54,40 @@ def smooth(losses: np.ndarray, weight: float) -> np.ndarray:
     return out
 
 
-def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray) -> float:
-    """LR at the steepest descent of the smoothed loss against log(LR), before its minimum.
+def suggest_lr(lrs: np.ndarray, smoothed: np.ndarray, skip: float = 0.1) -> float:
+    """fastai's `valley` rule: the LR two thirds of the way along the longest fall of the
+    smoothed loss (its longest decreasing run, noise allowed), measured in steps of log(LR).
 
+    The steepest point is no good: the loss often falls fastest just before it blows up, so
+    that rule suggests an LR at the edge of divergence. Two thirds along the valley stays on
+    the fall and well clear of its bottom. The first `skip` of the sweep is left out (as fastai
+    does): the smoothed loss there averages only a few noisy batches.
     NaN when the loss never falls (the range started too high, or the model cannot learn).
     """
     lrs, smoothed = np.asarray(lrs, dtype=np.float64), np.asarray(smoothed, dtype=np.float64)
     finite = np.isfinite(smoothed)
     lrs, smoothed = lrs[finite], smoothed[finite]
-    if len(smoothed) < 3:
+    first = int(len(smoothed) * skip)
+    start, end = _longest_fall(smoothed[first:])
+    if end - start < 2:
         return math.nan
-    stop = int(np.argmin(smoothed)) + 1
-    if stop < 3:
-        return math.nan
-    slope = np.gradient(smoothed[:stop], np.log(lrs[:stop]))
-    steepest = int(np.argmin(slope))
-    return float(lrs[steepest]) if slope[steepest] < 0 else math.nan
+    return float(lrs[first + start + round(2 / 3 * (end - start))])
+
+
+def _longest_fall(values: np.ndarray) -> tuple[int, int]:
+    """(first, last) index of the longest strictly decreasing subsequence of `values`; of
+    equally long ones, the one that spans the most steps."""
+    n = len(values)
+    if n == 0:
+        return 0, 0
+    length, begin = np.ones(n, dtype=int), np.arange(n)
+    for i in range(1, n):
+        higher = np.flatnonzero(values[:i] > values[i])  # the points i can continue a fall from
+        if higher.size:
+            best = higher[np.lexsort((begin[higher], -length[higher]))[0]]
+            length[i], begin[i] = length[best] + 1, begin[best]
+    end = int(np.lexsort((begin - np.arange(n), -length))[0])
+    return int(begin[end]), end
 
 
 def _endless(loader: DataLoader) -> Iterator:

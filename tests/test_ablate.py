@@ -139,6 +139,7 @@ def test_summary_equals_mean_and_std_recomputed_from_the_children(ablation_setup
     assert summaries[1].paired.mean_diff == pytest.approx(np.mean(diffs))
     table = (tmp / "out" / "ablation.md").read_text()
     assert f"| no_dropout | 2 | {summaries[1].mean['test/acc']:.4f} ± " in table
+    assert "**Warning**: as few as 2 seed(s) pair up with `baseline`" in table
 
 
 def test_a_failed_child_is_recorded_and_only_it_reruns(ablation_setup):
@@ -169,7 +170,9 @@ def test_rerun_after_success_trains_nothing(ablation_setup, monkeypatch, capsys)
     cfg, overrides, tmp, summaries, *_ = ablation_setup
     monkeypatch.setattr(train_stage, "run_train", _explode)
     again = run_ablate(cfg, tmp / "again", overrides)
-    assert "4 of 4 runs already finished, 0 to run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 of 4 runs already finished, 0 to run" in out
+    assert "warning: ablation.seeds=2: with fewer than 3 seeds per variant" in out
     assert [s.mean["test/acc"] for s in again] == [s.mean["test/acc"] for s in summaries]
     # A dry run lists what would run and prints the table so far; it trains nothing.
     dry = dataclasses.replace(cfg.ablation, seeds=3, dry_run=True)

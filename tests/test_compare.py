@@ -14,6 +14,8 @@ from pipeline.compare import (
     paired_test,
     plot_summary,
     summarize_variants,
+    summary_figure,
+    table_legend,
     write_csv,
 )
 from pipeline.config import compose
@@ -133,17 +135,75 @@ def test_summary_is_mean_std_delta_and_paired_tests_over_seeds():
     assert no_x.paired.n == 3 and no_x.paired.mean_diff == pytest.approx(np.mean(diffs))
     expected_p = stats.ttest_rel([0.80, 0.84, 0.83], [0.90, 0.92, 0.95]).pvalue
     assert no_x.paired.p_value == pytest.approx(expected_p)
-    assert no_x.paired.ci_low <= np.mean(diffs) <= no_x.paired.ci_high
-    assert min(diffs) <= no_x.paired.ci_low and no_x.paired.ci_high <= max(diffs)
+    half = stats.t.ppf(0.975, 2) * np.std(diffs, ddof=1) / np.sqrt(3)  # the t-test's own CI
+    assert no_x.paired.ci_low == pytest.approx(np.mean(diffs) - half)
+    assert no_x.paired.ci_high == pytest.approx(np.mean(diffs) + half)
 
 
 def test_paired_test_uses_only_shared_seeds_and_handles_tiny_samples():
     result = paired_test({0: 0.5, 1: 0.7, 7: 0.1}, {0: 0.4, 1: 0.5})
     assert result.n == 2 and result.mean_diff == pytest.approx(0.15)
     single = paired_test({0: 0.5}, {0: 0.4})
-    assert single.n == 1 and math.isnan(single.p_value)
-    assert single.ci_low == pytest.approx(0.1) and single.ci_high == pytest.approx(0.1)
-    assert paired_test({0: 0.5, 1: 0.5}, {0: 0.5, 1: 0.5}).p_value == 1.0
+    assert single.n == 1 and math.isnan(single.p_value) and math.isnan(single.ci_low)
+    assert single.untestable == "n=1"
+
+
+def test_identical_differences_have_no_p_or_ci_instead_of_p_zero():
+    # Two seeds, each +0.05: the t statistic is d/0. This printed p = 0 and a CI [+0.05, +0.05].
+    exact = paired_test({0: 0.75, 1: 0.875}, {0: 0.70, 1: 0.825})
+    # The same with float noise in the differences (0.05 vs 0.05000000000000004): p ~ 1e-15.
+    noisy = paired_test({0: 0.85, 1: 0.9}, {0: 0.8, 1: 0.85})
+    same = paired_test({0: 0.5, 1: 0.6}, {0: 0.5, 1: 0.6})  # no difference at all
+    for paired in (exact, noisy, same):
+        assert paired.identical and paired.untestable == "identical Δ"
+        assert math.isnan(paired.p_value) and math.isnan(paired.ci_low)
+    assert exact.mean_diff == pytest.approx(0.05)
+    rows = [
+        {"variant": v, "seed": s, "test/acc": acc}
+        for v, accs in (("baseline", (0.8, 0.85)), ("no_x", (0.85, 0.9)))
+        for s, acc in enumerate(accs)
+    ]
+    summaries = summarize_variants(rows, ["baseline", "no_x"])
+    assert (
+        format_table(summaries)
+        .splitlines()[3]
+        .startswith(
+            "| no_x | 2 | 0.8750 ± 0.0354 | +0.0500 | n/a (identical Δ) | n/a (identical Δ) |"
+        )
+    )
+
+
+def test_ci_and_p_agree_where_a_bootstrap_ci_did_not():
+    # All three differences positive but far apart: the percentile bootstrap of 3 pairs never
+    # leaves [0.01, 0.2], so it "excluded 0" next to p = 0.34. The t-interval says what p says.
+    spread = paired_test({0: 0.51, 1: 0.52, 2: 0.70}, {0: 0.5, 1: 0.5, 2: 0.5})
+    assert spread.p_value == pytest.approx(0.341, abs=1e-3)
+    assert spread.ci_low < 0 < spread.ci_high
+    assert math.isnan(spread.bootstrap_low)  # 3 pairs: too few for a bootstrap CI
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 4, 6, 10):
+        for _ in range(20):
+            diffs = rng.normal(0.02, 0.03, n)
+            paired = paired_test(dict(enumerate(diffs)), dict.fromkeys(range(n), 0.0))
+            assert (paired.p_value < 0.05) == (not paired.ci_low <= 0 <= paired.ci_high)
+            assert (n >= 5) == math.isfinite(paired.bootstrap_low)
+
+
+def test_tiny_p_is_never_printed_as_zero_and_few_seeds_are_flagged():
+    far = [(0.1, 0.9), (0.1, 0.9 + 1e-6), (0.1, 0.9 - 1e-6)]  # a huge effect, tiny spread
+    rows = [
+        {"variant": v, "seed": s, "test/acc": acc}
+        for s, pair in enumerate(far)
+        for v, acc in zip(("baseline", "with_x"), pair, strict=True)
+    ]
+    summaries = summarize_variants(rows, ["baseline", "with_x"])
+    assert 0 < summaries[1].paired.p_value < 1e-4
+    assert "| <0.0001 |" in format_table(summaries).splitlines()[3]
+    assert "Warning" not in table_legend(summaries, "test/acc", "baseline")
+    two = summarize_variants([r for r in rows if r["seed"] < 2], ["baseline", "with_x"])
+    assert "**Warning**: as few as 2 seed(s) pair up with `baseline`; with fewer than 3 " in (
+        table_legend(two, "test/acc", "baseline")
+    )
 
 
 def test_bootstrap_ci_is_seeded_and_narrows_with_more_data():
@@ -159,7 +219,9 @@ def test_table_csv_and_chart(tmp_path):
     summaries = summarize_variants(ROWS, ["baseline", "no_x"], resamples=500)
     table = format_table(summaries)
     lines = table.splitlines()
-    assert lines[0].startswith("| variant | n | test/acc | Δ vs baseline")
+    assert lines[0].startswith(
+        "| variant | n | test/acc | Δ vs baseline | 95% CI of Δ (paired t) | p (paired t) |"
+    )
     assert lines[2].startswith("| baseline | 3 | 0.9233 ± 0.0252 | – |")
     assert "| no_x | 3 | 0.8233 ± 0.0208 | -0.1000 |" in lines[3]
     with open(write_csv(summaries, tmp_path / "a.csv")) as f:
@@ -169,6 +231,28 @@ def test_table_csv_and_chart(tmp_path):
     assert float(rows[1]["p_value"]) == pytest.approx(summaries[1].paired.p_value)
     png = plot_summary(summaries, tmp_path / "a.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_chart_starts_at_zero_and_labels_each_variant_with_delta_and_p():
+    import matplotlib.pyplot as plt
+
+    summaries = summarize_variants(ROWS, ["baseline", "no_x"], resamples=500)
+    fig = summary_figure(summaries)
+    ax = fig.axes[0]
+    # The bars' lengths are the accuracies: no axis cut just below the smallest bar.
+    assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 1
+    p = summaries[1].paired.p_value
+    assert [t.get_text() for t in ax.texts] == ["0.9233", f"Δ -0.1000\np {p:.3g}"]
+    fig.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert not any(legend.overlaps(bar.get_window_extent()) for bar in ax.patches)
+    plt.close(fig)
+    # Other metrics start at 0 too, and their labels use the metric's own format.
+    seconds = [{**r, "train_seconds": 10.0 + 5 * (r["variant"] == "no_x")} for r in ROWS]
+    summaries = summarize_variants(seconds, ["baseline", "no_x"], "train_seconds")
+    ax = summary_figure(summaries, "train_seconds").axes[0]
+    assert ax.get_ylim()[0] == 0 and ax.texts[1].get_text() == "Δ +5\np n/a (identical Δ)"
+    plt.close(fig)
 
 
 def test_ablate_without_an_ablation_says_how_to_pick_one():

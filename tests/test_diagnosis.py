@@ -62,13 +62,36 @@ def test_report_has_the_diagnosis_metrics_and_epochs():
     assert "Only 2 epoch(s)" in text
 
 
-def test_lr_suggestion_is_at_the_steepest_fall_before_the_minimum():
-    lrs = np.logspace(-6, 0, 61)
-    # Flat, then a fall centred on 1e-3, a minimum near 3e-2, then divergence.
-    losses = 2.3 - 2.0 / (1 + np.exp(-3 * (np.log10(lrs) + 3))) + 50 * np.clip(lrs - 0.03, 0, None)
-    suggested = suggest_lr(lrs, smooth(losses, 1.0))
-    assert 5e-4 <= suggested <= 2e-3
-    assert math.isnan(suggest_lr(lrs, np.linspace(1, 3, 61)))  # loss only rises: no advice
+def _sweep(curve, noise: float = 0.05, weight: float = 0.05):
+    """A 100-step range test over 1e-6..1 on a made-up loss curve of log10(LR), noisy and
+    smoothed as lr_range_test smooths it."""
+    lrs = np.logspace(-6, 0, 100)
+    losses = curve(np.log10(lrs)) + np.random.default_rng(0).normal(0, noise, len(lrs))
+    return lrs, smooth(losses, weight)
+
+
+def test_lr_suggestion_is_on_the_fall_near_its_steepest_point():
+    # Flat, then a symmetric fall steepest at 1e-3, a minimum near 3e-2, then divergence.
+    def curve(x):
+        return 2.3 - 2.0 / (1 + np.exp(-3 * (x + 3))) + 50 * np.clip(10**x - 0.03, 0, None)
+
+    lrs, smoothed = _sweep(curve)
+    suggested = suggest_lr(lrs, smoothed)
+    assert abs(np.log10(suggested / 1e-3)) < 0.5  # within half a decade of the steepest fall
+    assert suggested < lrs[np.argmin(smoothed)] / 10
+    assert math.isnan(suggest_lr(lrs, np.linspace(1, 3, 100)))  # loss only rises: no advice
+
+
+def test_lr_suggestion_keeps_clear_of_a_minimum_at_the_edge_of_divergence():
+    # The loss falls faster and faster up to 0.1 and blows up right after: the steepest fall
+    # is the minimum itself, one step from divergence (the old rule suggested ~0.08 here).
+    def curve(x):
+        return np.where(x <= -1, 2.3 - 2.0 * 10 ** ((x + 1) / 1.5), 0.3 + 40 * (10**x - 0.1))
+
+    lrs, smoothed = _sweep(curve)
+    suggested = suggest_lr(lrs, smoothed)
+    assert suggested < lrs[np.argmin(smoothed)] / 10
+    assert curve(np.log10(suggested)) < 2.3 - 0.1  # the loss is already falling there
 
 
 def test_ece_zero_when_confidence_matches_accuracy():

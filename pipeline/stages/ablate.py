@@ -25,7 +25,15 @@ from pipeline.ablation import (
     passthrough_overrides,
     plan_children,
 )
-from pipeline.compare import METRICS, format_table, plot_summary, summarize_variants, write_csv
+from pipeline.compare import (
+    METRICS,
+    MIN_MEANINGFUL_PAIRS,
+    format_table,
+    plot_summary,
+    summarize_variants,
+    table_legend,
+    write_csv,
+)
 from pipeline.config import RunConfig, compose
 from pipeline.errors import PipelineError, TrainingError
 from pipeline.tracking import Run, TrackingConfig, flatten, start_run
@@ -199,6 +207,11 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
         f"{len(children)} runs already finished, {len(todo)} to run; "
         f"parent run {parent_id or '(tracking off)'}"
     )
+    if len(ablation.seed_list) < MIN_MEANINGFUL_PAIRS:
+        print(
+            f"warning: ablation.seeds={ablation.seeds}: with fewer than {MIN_MEANINGFUL_PAIRS} "
+            "seeds per variant neither the CI nor p of the comparison means much"
+        )
     if ablation.dry_run:
         for child in todo:
             print(f"  would run {child.variant} seed {child.seed}: {' '.join(child.overrides)}")
@@ -247,8 +260,7 @@ def _summarize(ablation, name: str, variants: list[str], rows: list[dict]):
     summaries = summarize_variants(rows, variants, ablation.metric, BASELINE, ablation.bootstrap)
     header = (
         f"# Ablation `{name}` ({ablation.mode})\n\n"
-        f"Seeds {ablation.seed_list}; Δ, CI and p compare each variant with `{BASELINE}` "
-        f"on {ablation.metric}, paired by seed; ± is the standard deviation over seeds.\n"
+        f"Seeds {ablation.seed_list}. {table_legend(summaries, ablation.metric, BASELINE)}\n"
     )
     return summaries, header, format_table(summaries, ablation.metric)
 

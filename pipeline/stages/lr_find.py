@@ -83,7 +83,10 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     ended = "diverged" if result.stopped_early else "reached lr_find.end_lr"
     print(f"LR range test: {len(result.lrs)} steps from {cfg.lr_find.start_lr:.0e}, {ended}")
     if math.isfinite(result.suggested_lr):
-        print(f"suggested optim.lr={result.suggested_lr:.2e} (steepest fall of the smoothed loss)")
+        print(
+            f"suggested optim.lr={result.suggested_lr:.2e} "
+            "(2/3 along the longest fall of the smoothed loss)"
+        )
     else:
         print("no suggestion: the loss never fell; lower lr_find.start_lr or check the data")
     print(f"plot: {plot}" + (f"  (run {run.run_id})" if run.run_id else ""))
