@@ -101,6 +101,12 @@ def test_evaluate_reproduces_the_runs_test_metrics_exactly(run):
     assert "## Learning curves:" in (run.train.out_dir / "report.md").read_text()
 
 
+def test_an_evaluation_run_is_named_after_the_run_it_evaluates(run):
+    source = run.client.get_run(run.train.run_id).info.run_name
+    assert source.startswith("test_efficientnet-full-folder-s42")  # MLflow's was seeded
+    assert run.client.get_run(run.eval.run_id).info.run_name == f"evaluate<-{source}"
+
+
 def test_evaluate_from_a_local_checkpoint(run, tmp_path):
     ckpt = run.train.out_dir / "checkpoints" / "best.pt"
     result = run_evaluate(run.cfg("stage=evaluate", f"checkpoint={ckpt}"), tmp_path)
