@@ -11,12 +11,26 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import distributed
 from pipeline.config import CONF_DIR, compose, run_config_from_dict
 from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.signals import sigterm_as_interrupt
+from pipeline.tracking import redact_files
+
+
+def _redact_hydra_records() -> None:
+    """Hydra saved the command line (.hydra/*.yaml, a sweep's multirun.yaml) before this
+    task began: a tracking.uri's user:password@ comes out of those files first thing."""
+    hydra_cfg = HydraConfig.get()
+    files = []
+    if hydra_cfg.output_subdir is not None:
+        files += (Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml")
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        files.append(Path(hydra_cfg.sweep.dir) / "multirun.yaml")
+    redact_files(path for path in files if path.is_file())
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -24,6 +38,7 @@ def _run(cfg: DictConfig) -> float | None:
     from pipeline.stages import STAGE_FUNCTIONS
 
     try:
+        _redact_hydra_records()
         run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
         with sigterm_as_interrupt():  # every stage: a scheduler's kill ends its run KILLED
             result = STAGE_FUNCTIONS[run_cfg.stage](

@@ -28,7 +28,7 @@ from pipeline.lr_find import LRFindConfig
 from pipeline.optim import OptimConfig
 from pipeline.sched import SchedConfig
 from pipeline.search import SearchConfig
-from pipeline.tracking import TrackingConfig
+from pipeline.tracking import TrackingConfig, take_credentials
 from pipeline.train import TrainConfig
 from pipeline.visualize import VisualizeConfig
 
@@ -153,7 +153,11 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
 
 def run_config_from_dict(values: dict[str, Any]) -> RunConfig:
     values = {k: v for k, v in values.items() if k not in ("hydra", "experiment", "hparams_search")}
-    return _build(RunConfig, values, "")
+    cfg = _build(RunConfig, values, "")
+    # Before anything logs or saves the config: a password in tracking.uri goes to MLflow's
+    # own environment variables, and the config keeps the bare URI.
+    cfg.tracking = take_credentials(cfg.tracking)
+    return cfg
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> RunConfig:

@@ -275,18 +275,20 @@ def linked_run(cfg: RunConfig, trained: TrainedModel, stage: str):
     `mlflow.parentRunId`, so the UI shows it under that run and nothing of the original is
     overwritten (a second evaluation with TTA is a second child, not a changed number).
     """
-    from pipeline.tracking import start_run
+    from pipeline.tracking import run_name_for, start_run
 
     tracking, tags = cfg.tracking, {"stage": stage, "backbone": trained.cfg.backbone.name}
+    source_name = run_name_for(trained.cfg, "train")
     if trained.run_id and tracking.enabled:
         client = mlflow_client(tracking.uri)
-        experiment_id = client.get_run(trained.run_id).info.experiment_id
-        experiment = client.get_experiment(experiment_id).name
+        source = client.get_run(trained.run_id).info
+        experiment = client.get_experiment(source.experiment_id).name
         tracking = dataclasses.replace(tracking, experiment=experiment)
         tags |= {"source_run_id": trained.run_id, "mlflow.parentRunId": trained.run_id}
+        source_name = source.run_name or source_name
     elif cfg.checkpoint:
         tags["source_checkpoint"] = str(cfg.checkpoint)
-    return start_run(tracking, tags=tags)
+    return start_run(tracking, tags=tags, name=f"{stage}<-{source_name}")
 
 
 def fetch_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:

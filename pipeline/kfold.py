@@ -21,7 +21,7 @@ from pipeline.config import RunConfig
 from pipeline.data import DataConfig, Splits, build_splits
 from pipeline.data_report import log_data_report
 from pipeline.errors import DataError
-from pipeline.tracking import flatten, start_run
+from pipeline.tracking import check_store, flatten, run_name_for, start_run
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,7 @@ def run_kfold(cfg: RunConfig, out_dir: Path):
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = cfg.data.kfold
+    check_store(cfg.tracking)  # before the data: a bad tracking.uri fails now
     splits = build_splits(cfg.data, cfg.seed)
     fold_splits, folds = kfold_splits(splits, k, cfg.seed)
     fold_splits = [fold.check() for fold in fold_splits]
@@ -101,7 +102,7 @@ def run_kfold(cfg: RunConfig, out_dir: Path):
     )
     tags = {"stage": "train", "backbone": cfg.backbone.name, "kfold": str(k)}
     results = []
-    with start_run(cfg.tracking, tags=tags) as parent:
+    with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "train")) as parent:
         parent.log_params(
             {
                 **flatten(cfg.to_dict()),
@@ -117,7 +118,7 @@ def run_kfold(cfg: RunConfig, out_dir: Path):
             child_tags = {**cfg.tracking.tags, "fold": str(i)}
             if parent.run_id:
                 child_tags["mlflow.parentRunId"] = parent.run_id
-            run_name = f"{cfg.tracking.run_name or 'kfold'}-fold{i}"
+            run_name = f"{parent.name or 'kfold'}-fold{i}"  # the parent's, suffix and all
             tracking = dataclasses.replace(cfg.tracking, run_name=run_name, tags=child_tags)
             # data.fold in the fold's own config: evaluate and resume rebuild this fold from it.
             fold_data = dataclasses.replace(cfg.data, fold=i)

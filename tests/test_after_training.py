@@ -133,6 +133,12 @@ def test_restore_best_false_hands_later_stages_the_weights_it_tested(mlflow_uri,
     assert evaluated.metrics["test/loss"] == trained.test_metrics["test/loss"]
 
 
+def test_an_evaluation_run_is_named_after_the_run_it_evaluates(run):
+    source = run.client.get_run(run.train.run_id).info.run_name
+    assert source.startswith("test_efficientnet-full-folder-s42")  # MLflow's was seeded
+    assert run.client.get_run(run.eval.run_id).info.run_name == f"evaluate<-{source}"
+
+
 def test_evaluate_from_a_local_checkpoint(run, tmp_path):
     ckpt = run.train.out_dir / "checkpoints" / "best.pt"
     result = run_evaluate(run.cfg("stage=evaluate", f"checkpoint={ckpt}"), tmp_path)

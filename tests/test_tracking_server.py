@@ -116,3 +116,36 @@ def test_unreachable_or_unusable_tracking_store_fails_in_seconds_with_one_line(t
         shown = uri.replace("user:secret@", "")  # credentials never reach the message
         assert str(info.value).startswith(f"tracking.uri={shown}: {message}"), info.value
         assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow  # a tracking server and a CLI run
+def test_a_password_in_the_tracking_uri_is_written_and_printed_nowhere(
+    tracking_server, image_folder, tmp_path
+):
+    import torch
+
+    url, artifact_store = tracking_server
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "pipeline", "data=folder", f"data.root={image_folder}"]
+    command += ["data.batch_size=4", "data.num_workers=0", "backbone.name=test_efficientnet"]
+    command += ["backbone.pretrained=false", "backbone.img_size=32", "train.epochs=1"]
+    command += ["train.device=cpu", "train.threads=2", "tracking.experiment=secrets"]
+    command += [f"tracking.uri={url.replace('http://', 'http://alice:s3cret@')}"]
+    command += [f"hydra.run.dir={out}"]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    printed = proc.stdout + proc.stderr
+    assert "s3cret" not in printed
+    assert f"View run test_efficientnet-full-folder-s42 at: {url}/" in printed  # MLflow's line
+    # Nothing written holds it: config.yaml, Hydra's .hydra/*.yaml, checkpoints, reports ...
+    written = [p for p in [*out.rglob("*"), *artifact_store.rglob("*")] if p.is_file()]
+    assert {"config.yaml", "overrides.yaml", "hydra.yaml", "last.pt"} <= {p.name for p in written}
+    assert [p for p in written if b"s3cret" in p.read_bytes()] == []
+    last = torch.load(out / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert last["config"]["tracking"]["uri"] == url
+    # ... nor any param or tag of the run.
+    client = MlflowClient(url)
+    experiment = client.get_experiment_by_name("secrets").experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.data.params["tracking.uri"] == url
+    assert not [v for v in {**run.data.params, **run.data.tags}.values() if "s3cret" in v]

@@ -23,6 +23,7 @@ from pipeline.inference import fetch_history, linked_run, load_trained
 from pipeline.kfold import run_splits
 from pipeline.metrics import calibration_bins, format_report
 from pipeline.plots import plot_confusion_matrix
+from pipeline.tracking import check_store
 from pipeline.train import resolve_amp
 from pipeline.visualize import plot_confusion_normalized, plot_image_grid, plot_reliability
 
@@ -59,6 +60,7 @@ def _write_predictions(path: Path, images: ImageSet, probs, targets, class_names
 def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_store(cfg.tracking)  # a bad tracking.uri fails before the model loads
     trained = load_trained(cfg, out_dir)
     run_cfg, split = trained.cfg, cfg.eval.split
     check_tta(cfg.eval.tta, run_cfg.augment.hflip)

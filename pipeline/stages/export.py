@@ -28,7 +28,7 @@ from pipeline.export import (
     onnx_runner,
 )
 from pipeline.inference import linked_run, load_trained
-from pipeline.tracking import Run
+from pipeline.tracking import Run, check_store
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def run_export(cfg: RunConfig, out_dir: Path) -> ExportResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     # Traced on the CPU: the graph is then portable, and the check runs anywhere.
     cpu = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, device="cpu"))
+    check_store(cfg.tracking)  # a bad tracking.uri fails before the model loads
     trained = load_trained(cpu, out_dir)
     spec = trained.spec
     model = ExportModel(trained.model, spec.mean, spec.std).eval()

@@ -22,7 +22,7 @@ from pipeline.lr_find import LRFindResult, lr_range_test
 from pipeline.model import build_model
 from pipeline.optim import build_optimizer
 from pipeline.repro import seed_everything, set_deterministic
-from pipeline.tracking import flatten, start_run
+from pipeline.tracking import check_store, flatten, run_name_for, start_run
 from pipeline.train import Batches, resolve_amp, resolve_device
 from pipeline.visualize import plot_lr_find
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_store(cfg.tracking)  # before the data and model: a bad tracking.uri fails now
     seed_everything(cfg.seed)
     set_deterministic(cfg.train.deterministic)
     if cfg.train.threads:
@@ -71,7 +72,8 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     plot = plot_lr_find(
         result.lrs, result.losses, result.smoothed, result.suggested_lr, out_dir / "lr_find.png"
     )
-    with start_run(cfg.tracking, tags={"stage": "lr_find", "backbone": cfg.backbone.name}) as run:
+    tags = {"stage": "lr_find", "backbone": cfg.backbone.name}
+    with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "lr_find")) as run:
         run.log_params({**flatten(cfg.to_dict()), "weights_source": weights.source})
         metrics = {"lr_find/steps_run": len(result.lrs)}
         if math.isfinite(result.suggested_lr):

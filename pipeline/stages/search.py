@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.config import RunConfig
 from pipeline.search import objective
-from pipeline.tracking import start_run
+from pipeline.tracking import redact, start_run
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def run_search(cfg: RunConfig, out_dir: Path) -> float:
 
     search, tracking = cfg.search, cfg.tracking
     trial, overrides, swept = _trial_overrides()
+    overrides = [redact(o) for o in overrides]  # tracking.uri's user:password@ stays out
     parent_id = None
     if tracking.enabled:
         client, experiment_id = _client_and_experiment(tracking)

@@ -40,7 +40,7 @@ from pipeline.repro import environment_tags, seed_everything, set_deterministic
 from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point
 from pipeline.sched import Schedule, build_schedule
 from pipeline.signals import Interrupted, sigterm_as_interrupt
-from pipeline.tracking import Run, flatten, start_run
+from pipeline.tracking import Run, check_store, flatten, run_name_for, start_run
 from pipeline.train import (
     Batches,
     EarlyStopping,
@@ -440,6 +440,8 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     main = dist_info.is_main
     if not main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
+    if main:  # a bad tracking.uri fails now, not after the data and model are built
+        check_store(cfg.tracking)
     resume = _check_resume(cfg, out_dir)
     seed_everything(cfg.seed)
     set_deterministic(cfg.train.deterministic)
@@ -461,7 +463,12 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     run_tags = {"stage": "train", "backbone": cfg.backbone.name}
     with (
         sigterm_as_interrupt(),
-        start_run(tracking, tags=run_tags, run_id=resume.run_id if resume else None) as run,
+        start_run(
+            tracking,
+            tags=run_tags,
+            run_id=resume.run_id if resume else None,
+            name=run_name_for(cfg, "train"),
+        ) as run,
     ):
         _log_run_start(run, cfg, splits, training, out_dir, resume, checkpoint_dir)
         try:

@@ -26,6 +26,7 @@ from pipeline.gradcam import (
 )
 from pipeline.inference import linked_run, load_trained
 from pipeline.kfold import run_splits
+from pipeline.tracking import check_store
 from pipeline.visualize import overlay, plot_feature_maps, plot_gradcam, plot_kernels
 
 
@@ -46,6 +47,7 @@ def _safe(name: str) -> str:
 def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    check_store(cfg.tracking)  # a bad tracking.uri fails before the model loads
     trained = load_trained(cfg, out_dir)
     model, names, viz = trained.model, trained.class_names, cfg.visualize
     stages = feature_layers(model.backbone)
