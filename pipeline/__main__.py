@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import distributed
 from pipeline.config import CONF_DIR, run_config_from_dict
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, disk_full_error
 from pipeline.signals import sigterm_as_interrupt
 
 
@@ -34,6 +34,12 @@ def _run(cfg: DictConfig) -> float | None:
     except PipelineError as exc:
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None
+    except Exception as exc:  # a full disk under any write the stages do not map themselves
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        where = f"cannot write {full.filename}" if full.filename else "a write failed"
+        raise SystemExit(f"error: disk full: {where} ({full.strerror}); free space there") from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the message says how to resume
         # An open MLflow run was marked KILLED on the way out (tracking.start_run).
         raise SystemExit(f"interrupted: {str(exc) or 'Ctrl-C'}") from None
