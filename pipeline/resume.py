@@ -17,6 +17,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.checkpoint import load_checkpoint
 from pipeline.errors import ConfigError
@@ -72,7 +73,7 @@ def check_takeover(spec: str, run_id: str, tags: dict[str, str], force: bool) ->
                 f"first (kill {pid}); if pid {pid} is another program, add train.resume_force=true"
             )
     elif not force:
-        where = f"on another host ({owner})" if host else "with no owning process recorded"
+        where = f"on another host ({owner})" if host and pid else "with no owner recorded"
         raise ConfigError(
             f"train.resume={spec}: run {run_id} is RUNNING {where}, which this machine cannot "
             "check: if that process is gone, add train.resume_force=true"
@@ -147,7 +148,9 @@ def find_resume_point(
     return _load(downloaded / "last.pt", spec, run.info.status)
 
 
-def _nothing_to_resume(client, spec: str, run, local: str | None, check_owner: bool) -> ConfigError:
+def _nothing_to_resume(
+    client: Any, spec: str, run: Any, local: str | None, check_owner: bool
+) -> ConfigError:
     """No last.pt beside the run nor in its artifacts; a RUNNING run's process is gone by now
     (check_takeover), so it is marked KILLED rather than left RUNNING forever."""
     running = run.info.status == "RUNNING" and check_owner

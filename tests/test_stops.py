@@ -281,7 +281,9 @@ def test_takeover_of_a_running_run_refuses_live_and_unknown_owners_unless_forced
     alive = {OWNER_HOST_TAG: here, OWNER_PID_TAG: str(os.getpid())}
     with pytest.raises(ConfigError, match=rf"still running \(pid {os.getpid()} on {here}\)"):
         check_takeover("r", "r", alive, force=False)
-    with pytest.raises(ConfigError, match=r"with no owning process recorded"):
+    with pytest.raises(
+        ConfigError, match=r"RUNNING with no owner recorded, .*train\.resume_force=true"
+    ):
         check_takeover("r", "r", {}, force=False)
     for tags in ({OWNER_HOST_TAG: "elsewhere", OWNER_PID_TAG: "12"}, {}, alive):
         check_takeover("r", "r", tags, force=True)  # train.resume_force=true: the user knows
