@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import distributed
 from pipeline.config import CONF_DIR, compose, run_config_from_dict
-from pipeline.errors import ConfigError, PipelineError, first_line
+from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
 from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking import redact_files
 
@@ -50,6 +50,12 @@ def _run(cfg: DictConfig) -> float | None:
         _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None
+    except Exception as exc:  # a full disk under any write the stages do not map themselves
+        full = disk_full_error(exc)
+        if full is None:
+            raise
+        where = f"cannot write {full.filename}" if full.filename else "a write failed"
+        raise SystemExit(f"error: disk full: {where} ({full.strerror}); free space there") from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the message says how to resume
         # An open MLflow run was marked KILLED on the way out (tracking.start_run).
         raise SystemExit(f"interrupted: {str(exc) or 'Ctrl-C'}") from None

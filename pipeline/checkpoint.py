@@ -10,13 +10,31 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError, first_line
+from pipeline.errors import ConfigError, StorageError, disk_full_error, first_line
+from pipeline.signals import stop_signals_deferred
+
+TORN_WRITES = ".*.pt.*.tmp"  # save_atomic's temp files: left behind only by a SIGKILL
 
 
 def save_atomic(payload: Any, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path`."""
+    """torch.save to a temp file in the same folder, fsync, then rename over `path`.
+
+    Ctrl-C and SIGTERM wait until the rename is done (then stop the run as usual); a full
+    disk or an unwritable folder ends in one StorageError line naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with stop_signals_deferred():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_and_rename(payload, path)
+    except (OSError, RuntimeError) as exc:
+        error = _storage_error(exc, path)
+        if error is None:  # not a failed write: a bug, shown as one
+            raise
+        raise error from exc
+    return path
+
+
+def _write_and_rename(payload: Any, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -27,7 +45,27 @@ def save_atomic(payload: Any, path: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def _storage_error(exc: OSError | RuntimeError, path: Path) -> StorageError | None:
+    """torch's writer turns the OSError of a failed write into a RuntimeError whose context
+    is that OSError: name the cause, not `[enforce fail at inline_container.cc:...]`."""
+    full = disk_full_error(exc)
+    if full is not None:
+        return StorageError(f"disk full: cannot write {path} ({full.strerror}); free space there")
+    cause = exc if isinstance(exc, OSError) else exc.__context__
+    if not isinstance(cause, OSError):
+        return None
+    return StorageError(f"cannot write {path}: {first_line(cause)}")
+
+
+def remove_torn_writes(folder: Path) -> list[Path]:
+    """Delete the temp files of writes a SIGKILL cut short; the checkpoints they were to
+    replace are intact (the rename never happened)."""
+    torn = sorted(Path(folder).glob(TORN_WRITES))
+    for tmp in torn:
+        tmp.unlink(missing_ok=True)
+    return torn
 
 
 # torch's two wordings for a pickled global that weights_only refuses.

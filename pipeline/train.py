@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline import distributed
-from pipeline.checkpoint import load_checkpoint, save_atomic
+from pipeline.checkpoint import load_checkpoint, remove_torn_writes, save_atomic
 from pipeline.ema import ModelEma
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.guards import NAN_POLICIES, LossGuard
@@ -78,6 +78,7 @@ class TrainConfig:
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Reliability and scale-out (README "Reliability", "Scaling out").
     resume: str | None = None  # MLflow run id or path to a last.pt: continue that run
+    resume_force: bool = False  # take over a RUNNING run whose process this host cannot check
     nan_policy: str = "stop"  # stop | skip: what a NaN/inf training loss does
     log_every: int = 50  # steps between non-finite-loss checks (one host sync each)
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn flags
@@ -469,6 +470,8 @@ def fit(
     best_path = checkpoint_dir / "best.pt"
     last_path = checkpoint_dir / "last.pt"
     main = distributed.is_main()  # only rank 0 writes checkpoints
+    if main:  # a SIGKILL during a write left a temp file; the checkpoint it was to replace is whole
+        remove_torn_writes(checkpoint_dir)
     history: list[dict[str, float]] = []
     start_epoch = 0
     parts = TrainingParts(model, optimizer, schedule, scaler, stopper, ema)

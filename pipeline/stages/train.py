@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from pipeline.data import (
 )
 from pipeline.data_report import log_data_report
 from pipeline.diagnosis import write_report
-from pipeline.errors import ConfigError, TrainingError
+from pipeline.errors import ConfigError, StorageError, TrainingError, first_line
 from pipeline.features import cached_feature_loaders, check_cache_features
 from pipeline.finetune import apply_finetune, batch_norm_trains, rebuild_on_change
 from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
@@ -37,7 +38,7 @@ from pipeline.model import build_model
 from pipeline.optim import build_optimizer
 from pipeline.plots import plot_confusion_matrix, plot_learning_curves
 from pipeline.repro import environment_tags, seed_everything, set_deterministic
-from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point
+from pipeline.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point, owner_tags
 from pipeline.sched import Schedule, build_schedule
 from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking import Run, check_store, flatten, run_name_for, start_run
@@ -73,29 +74,53 @@ def _write_split_manifest(splits: Splits, path: Path) -> Path:
     return path
 
 
-def _log_test_report(
-    run: Run, out_dir: Path, class_names: list[str], targets, probs, history, best_epoch
-) -> dict[str, float]:
-    cm = confusion_matrix(targets, probs.argmax(1), len(class_names))
-    report = classification_report(cm, class_names)
-    (out_dir / "classification_report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "classification_report.txt").write_text(format_report(report))
-    (out_dir / "confusion_matrix.json").write_text(
-        json.dumps({"labels": class_names, "counts": cm.tolist()})
-    )
-    plot_confusion_matrix(cm, class_names, out_dir / "confusion_matrix.png")
-    plot_learning_curves(history, out_dir / "learning_curves.png", best_epoch)
-    for name in (
-        "classification_report.json",
-        "classification_report.txt",
-        "confusion_matrix.json",
-        "confusion_matrix.png",
-        "learning_curves.png",
-    ):
-        run.log_artifact(out_dir / name)
+def _test_metrics(class_names: list[str], targets, probs) -> dict[str, float]:
     return {
         f"test/{k}": v for k, v in summarize(targets, probs.argmax(1), len(class_names)).items()
     }
+
+
+def _test_report_files(
+    out_dir: Path, class_names: list[str], targets, probs, history, best_epoch
+) -> dict[Path, Callable[[Path], object]]:
+    """Each file of the per-class test report, with the function that writes it."""
+    cm = confusion_matrix(targets, probs.argmax(1), len(class_names))
+    report = classification_report(cm, class_names)
+
+    def text(content: str) -> Callable[[Path], object]:
+        return lambda path: path.write_text(content)
+
+    return {
+        out_dir / "classification_report.json": text(json.dumps(report, indent=2)),
+        out_dir / "classification_report.txt": text(format_report(report)),
+        out_dir / "confusion_matrix.json": text(
+            json.dumps({"labels": class_names, "counts": cm.tolist()})
+        ),
+        out_dir / "confusion_matrix.png": lambda p: plot_confusion_matrix(cm, class_names, p),
+        out_dir / "learning_curves.png": lambda p: plot_learning_curves(history, p, best_epoch),
+    }
+
+
+def _save_outputs(
+    run: Run, files: dict[Path, Callable[[Path], object] | None], subdir: str | None = None
+) -> list[str]:
+    """Write (where a writer is given) and upload each file, after the run's metrics are
+    logged: a full disk or a refused upload then costs that file, not the finished run.
+    Returns 'name (why)' for each file that was not saved."""
+    failed = []
+    for path, write in files.items():
+        name = f"{subdir}/{path.name}" if subdir else path.name
+        try:
+            if write is not None:
+                write(path)
+        except OSError as exc:  # a full or read-only disk
+            failed.append(f"{name} (not written: {first_line(exc)})")
+            continue
+        try:
+            run.log_artifact(path, subdir)
+        except Exception as exc:  # a full artifact store, a refused or failed upload
+            failed.append(f"{name} (not uploaded: {first_line(exc)})")
+    return failed
 
 
 def _keep_checkpoints(run: Run, checkpoint_dir: Path) -> None:
@@ -122,18 +147,45 @@ def _config_changes(old: dict, new: dict) -> list[str]:
     return [
         key
         for key in sorted(set(old_flat) | set(new_flat))
-        if old_flat.get(key) != new_flat.get(key) and key != "train.resume"
+        if old_flat.get(key) != new_flat.get(key)
+        and key not in ("train.resume", "train.resume_force")
     ]
 
 
-def _interrupted_message(exc: KeyboardInterrupt, run: Run, checkpoint_dir: Path) -> str:
-    what = str(exc) or "Ctrl-C"
+def _resume_target(run: Run, checkpoint_dir: Path) -> str:
+    return run.run_id or str(checkpoint_dir / "last.pt")
+
+
+def _interrupted_message(what: str, run: Run, checkpoint_dir: Path) -> str:
     last = checkpoint_dir / "last.pt"
     if not last.is_file():
-        return f"{what} before the first epoch ended; nothing to resume"
-    target = run.run_id or str(last)
+        return (
+            f"{what} before the first epoch's checkpoint was written: nothing to resume; "
+            "run the same command again to start over"
+        )
     status = f"MLflow run {run.run_id} marked KILLED; " if run.run_id else ""
-    return f"{what}: {status}checkpoint {last}; continue with train.resume={target}"
+    return (
+        f"{what}: {status}checkpoint {last}; continue with "
+        f"train.resume={_resume_target(run, checkpoint_dir)}"
+    )
+
+
+def _resume_command(run: Run, checkpoint_dir: Path, fold: int | None) -> str:
+    overrides = f"<same overrides, data.fold={fold}>" if fold is not None else "<same overrides>"
+    return (
+        f"run {run.run_id or '(tracking off)'}: if it stops, continue with: python -m pipeline "
+        f"{overrides} train.resume={_resume_target(run, checkpoint_dir)}"
+    )
+
+
+def _shut_down_loader_workers(loaders: dict[str, DataLoader]) -> None:
+    """Stop the (persistent) loader workers now, not at exit: a group-wide SIGTERM killed
+    them, and an upload while their iterator lives can end in 'DataLoader worker is killed'."""
+    for loader in loaders.values():
+        iterator = getattr(loader, "_iterator", None)  # where persistent_workers keeps it
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None
 
 
 def _build_loaders(
@@ -221,10 +273,14 @@ class _Training:
     derived_params: dict
 
 
-def _check_resume(cfg: RunConfig, out_dir: Path) -> ResumePoint | None:
+def _check_resume(cfg: RunConfig, out_dir: Path, main: bool) -> ResumePoint | None:
     if not cfg.train.resume:
         return None
-    resume = find_resume_point(cfg.train.resume, cfg.tracking, out_dir / "resume")
+    # Under torchrun rank 0 alone decides on a takeover: the others may look after it has
+    # already taken the run over, and would find it running.
+    resume = find_resume_point(
+        cfg.train.resume, cfg.tracking, out_dir / "resume", cfg.train.resume_force, main
+    )
     changed = _config_changes(resume.state.get("config", {}), cfg.to_dict())
     if changed and resume.state.get("config"):
         log.warning("resuming with a changed config: %s", ", ".join(changed))
@@ -408,8 +464,6 @@ def _log_run_end(run: Run, result: FitResult, test_metrics: dict[str, float]) ->
             "epochs_run": len(result.history),
         }
     )
-    if result.checkpoint:  # best.pt, or final.pt: the weights the test used
-        run.log_artifact(result.checkpoint, "checkpoints")
 
 
 def _tested_weights(result: FitResult) -> str:
@@ -442,7 +496,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
     if main:  # a bad tracking.uri fails now, not after the data and model are built
         check_store(cfg.tracking)
-    resume = _check_resume(cfg, out_dir)
+    resume = _check_resume(cfg, out_dir, main)
     seed_everything(cfg.seed)
     set_deterministic(cfg.train.deterministic)
     if cfg.train.threads:
@@ -460,7 +514,8 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
 
     checkpoint_dir = resume.checkpoint_dir if resume else out_dir / "checkpoints"
     tracking = cfg.tracking if main else dataclasses.replace(cfg.tracking, enabled=False)
-    run_tags = {"stage": "train", "backbone": cfg.backbone.name}
+    # owner.host/pid: a RUNNING run whose process is gone (SIGKILL) can be taken over.
+    run_tags = {"stage": "train", "backbone": cfg.backbone.name, **owner_tags()}
     with (
         sigterm_as_interrupt(),
         start_run(
@@ -471,15 +526,24 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         ) as run,
     ):
         _log_run_start(run, cfg, splits, training, out_dir, resume, checkpoint_dir)
+        if main:  # said now, not only at the end: a SIGKILL leaves no last words
+            print(_resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
+        stopped_by = None
         try:
             result, test_loss, probs, targets = _fit_and_test(
                 cfg, training, run, device, checkpoint_dir, resume
             )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
-            _keep_checkpoints(run, checkpoint_dir)
-            raise Interrupted(_interrupted_message(exc, run, checkpoint_dir)) from None
+            stopped_by = str(exc) or "Ctrl-C"
         except Exception as exc:
             _keep_checkpoints(run, checkpoint_dir)
+            if isinstance(exc, StorageError):  # a full disk: the last good last.pt is kept
+                then = (
+                    f"continue with train.resume={_resume_target(run, checkpoint_dir)}"
+                    if (checkpoint_dir / "last.pt").is_file()
+                    else "run the same command again"
+                )
+                raise StorageError(f"{exc}, then {then}") from exc
             if "Expected more than 1 value per channel" in str(exc):  # BatchNorm, batch of 1
                 raise TrainingError(
                     f"BatchNorm needs 2 or more images per batch, got data.batch_size="
@@ -492,19 +556,31 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
                     "data.batch_size (use gradient accumulation to keep the effective batch size)"
                 ) from exc
             raise
+        if stopped_by is not None:
+            # Here, past the except block, its traceback (which holds the loader iterators)
+            # is gone: shut the workers down, then upload from this process.
+            _shut_down_loader_workers(training.loaders)
+            _keep_checkpoints(run, checkpoint_dir)
+            raise Interrupted(_interrupted_message(stopped_by, run, checkpoint_dir))
         test_metrics = {"test/loss": test_loss}
         if main:  # per-class report, plots and report.md: rank 0 holds the gathered predictions
-            test_metrics |= _log_test_report(
-                run, out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
-            )
-        _log_run_end(run, result, test_metrics)
+            test_metrics |= _test_metrics(splits.class_names, targets, probs)
+        _log_run_end(run, result, test_metrics)  # the numbers first, then the files
+        not_saved = []
+        if result.checkpoint:  # best.pt, or final.pt: the weights the test used
+            not_saved += _save_outputs(run, {result.checkpoint: None}, "checkpoints")
         if main:
             title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
-            run.log_artifact(
-                write_report(
-                    out_dir / "report.md", title, result.history, test_metrics, result.best_epoch
-                )
+            files = _test_report_files(
+                out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
             )
+            files[out_dir / "report.md"] = lambda p: write_report(
+                p, title, result.history, test_metrics, result.best_epoch
+            )
+            not_saved += _save_outputs(run, files)
+        if not_saved:  # the run still ends FINISHED: its training and test are complete
+            run.set_tags({"warning": f"not saved: {'; '.join(not_saved)}"})
+            log.warning("run finished, but not all its files were saved: %s", "; ".join(not_saved))
 
     summary = "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
     if main:
