@@ -310,10 +310,28 @@ def mlflow_client(uri: str) -> Any:
         raise _store_error(uri, exc) from exc
 
 
+def _check_creatable(db: Path, uri: str) -> None:
+    """The nearest existing folder above a missing store must be a writable folder."""
+    from pipeline.errors import ConfigError
+
+    folder = db.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"tracking.uri={_redacted(uri)}: cannot create the MLflow store: {folder} is not "
+            "a writable folder"
+        )
+
+
 def check_store(cfg: TrackingConfig) -> None:
-    """Open the store (making a local one) and look up the experiment, before any data or
-    model work: a bad URI, a server that refuses, fail in seconds, not after the build."""
+    """Open the store and look up the experiment, before any data or model work: a bad URI,
+    a server that refuses, fail in seconds, not after the build. A local store that does not
+    exist yet is only checked to be creatable."""
     if not cfg.enabled:
+        return
+    if store_missing(cfg.uri):  # made by the run itself: a command that fails leaves none
+        _check_creatable(Path(cfg.uri.removeprefix("sqlite:///")).expanduser(), cfg.uri)
         return
     client = mlflow_client(cfg.uri)
     try:
