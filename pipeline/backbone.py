@@ -55,7 +55,7 @@ def check_model_name(name: str) -> None:
 
 
 def input_spec_of(model: nn.Module, img_size: int | None) -> InputSpec:
-    data_cfg = timm.data.resolve_data_config({}, model=model)
+    data_cfg = timm.data.resolve_model_data_config(model)
     size = img_size or data_cfg["input_size"][-1]
     return InputSpec(
         img_size=int(size),

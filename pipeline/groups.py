@@ -10,6 +10,7 @@ stages, head conv).
 
 from __future__ import annotations
 
+from timm.models import group_parameters
 from torch import nn
 
 
@@ -24,11 +25,7 @@ def backbone_stages(model: nn.Module) -> list[list[str]]:
     if not names:
         return []
     try:
-        from timm.models._manipulate import group_with_matcher
-
-        grouped = group_with_matcher(
-            model.named_parameters(), model.group_matcher(coarse=True), return_values=False
-        )
+        grouped = group_parameters(model, model.group_matcher(coarse=True))
         groups = [grouped[i] for i in sorted(grouped)]
     except (AttributeError, NotImplementedError):
         # Not a timm model (or one without a matcher): each top-level child is a stage.
