@@ -215,7 +215,7 @@ def test_a_trial_that_exits_is_marked_failed_not_left_running(tmp_path):
 
 @pytest.mark.slow
 def test_documented_command_continues_a_study_in_sqlite_storage(image_folder, mlflow_uri, tmp_path):
-    """README's `hydra.sweeper.storage=sqlite:///mlruns/optuna.db`, run twice from one folder."""
+    """The documented `hydra.sweeper.storage=sqlite:///mlruns/optuna.db`, run twice from one folder."""
     command = [
         sys.executable,
         "-m",
