@@ -15,22 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.ablation import AblationConfig
-from pipeline.augment import AugmentConfig
-from pipeline.backbone import BackboneConfig
-from pipeline.data import DataConfig
+from pipeline.data.augment import AugmentConfig
+from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError, first_line
-from pipeline.evaluate import EvalConfig
-from pipeline.features import check_cache_features
-from pipeline.finetune import FinetuneConfig, check_unfreezes
-from pipeline.head import HeadConfig
-from pipeline.lr_find import LRFindConfig
-from pipeline.optim import OptimConfig
-from pipeline.sched import SchedConfig
-from pipeline.search import SearchConfig
-from pipeline.tracking import TrackingConfig, take_credentials
-from pipeline.train import TrainConfig
-from pipeline.visualize import VisualizeConfig
+from pipeline.evaluation.evaluate import EvalConfig
+from pipeline.evaluation.visualize import VisualizeConfig
+from pipeline.experiments.ablation import AblationConfig
+from pipeline.experiments.search import SearchConfig
+from pipeline.models.backbone import BackboneConfig
+from pipeline.models.head import HeadConfig
+from pipeline.tracking.config import TrackingConfig
+from pipeline.tracking.credentials import take_credentials
+from pipeline.training.config import TrainConfig
+from pipeline.training.features import check_cache_features
+from pipeline.training.finetune import FinetuneConfig, check_unfreezes
+from pipeline.training.lr_find import LRFindConfig
+from pipeline.training.optim import OptimConfig
+from pipeline.training.sched import SchedConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 STAGES = (

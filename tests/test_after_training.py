@@ -19,20 +19,18 @@ import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.commands.evaluate import run_evaluate
+from pipeline.commands.export import run_export
+from pipeline.commands.lr_find import run_lr_find
+from pipeline.commands.predict import run_predict
+from pipeline.commands.train import run_train
+from pipeline.commands.trained_run import load_trained
+from pipeline.commands.visualize import run_visualize
 from pipeline.config import compose
 from pipeline.errors import ConfigError, DataError
-from pipeline.evaluate import tta_probs
-from pipeline.export import ExportModel
-from pipeline.inference import load_trained
-from pipeline.stages import (
-    run_evaluate,
-    run_export,
-    run_lr_find,
-    run_predict,
-    run_train,
-    run_visualize,
-)
+from pipeline.evaluation.evaluate import tta_probs
+from pipeline.evaluation.export import ExportModel
+from pipeline.training.checkpoint import load_checkpoint
 from tests.conftest import tiny_overrides, write_image_folder
 
 IMG = 32  # tiny_overrides' backbone.img_size
@@ -341,7 +339,7 @@ def test_lr_find_repeats_exactly_with_augmentation_on(run, tmp_path):
 def test_gradcam_target_comes_from_timm_feature_info():
     import timm
 
-    from pipeline.gradcam import GradCAM, feature_layers
+    from pipeline.evaluation.gradcam import GradCAM, feature_layers
 
     torch.manual_seed(0)
     backbone = timm.create_model("test_resnet", num_classes=0)

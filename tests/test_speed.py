@@ -12,24 +12,17 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.commands.train import run_train
 from pipeline.config import compose
-from pipeline.data import DeviceNormalize, build_loader
-from pipeline.ema import ModelEma
+from pipeline.data.loader import DeviceNormalize, build_loader
 from pipeline.errors import ConfigError
-from pipeline.features import FeatureLoader, check_cache_features
 from pipeline.repro import set_deterministic
-from pipeline.sched import SchedConfig, build_schedule
-from pipeline.stages import run_train
-from pipeline.train import (
-    Batches,
-    EarlyStoppingConfig,
-    TrainConfig,
-    fit,
-    optimizer_steps_per_epoch,
-    predict,
-    train_one_epoch,
-)
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.config import EarlyStoppingConfig, TrainConfig
+from pipeline.training.ema import ModelEma
+from pipeline.training.features import FeatureLoader, check_cache_features
+from pipeline.training.loop import Batches, fit, optimizer_steps_per_epoch, predict, train_one_epoch
+from pipeline.training.sched import SchedConfig, build_schedule
 
 CONSTANT_LR = SchedConfig(name="constant", warmup_epochs=0)
 
@@ -243,9 +236,9 @@ def test_cached_features_train_the_same_head_as_images(
 
 
 def _cuda_setup(amp="auto", **train):
-    from pipeline.backbone import BackboneConfig
-    from pipeline.head import HeadConfig
-    from pipeline.model import build_model
+    from pipeline.models.backbone import BackboneConfig
+    from pipeline.models.classifier import build_model
+    from pipeline.models.head import HeadConfig
 
     device = torch.device("cuda")
     model, spec, _ = build_model(
@@ -352,7 +345,7 @@ def test_compile_path_on_cpu(tmp_path):
 
 @pytest.mark.gpu
 def test_cuda_cached_features_stay_on_the_device(tiny_cfg, tmp_path, image_folder, monkeypatch):
-    import pipeline.stages.train as train_stage
+    import pipeline.commands.train as train_stage
 
     seen = {}
     extract = train_stage.cached_feature_loaders
