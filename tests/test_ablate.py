@@ -8,9 +8,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.commands.ablate import run_ablate
-from pipeline.config import compose
+from pipeline.config import AblationConfig, compose
 from pipeline.errors import TrainingError
-from pipeline.experiments.ablation import AblationConfig
 from tests.conftest import tiny_overrides, write_image_folder
 
 pytestmark = pytest.mark.slow  # five tiny trainings; ~75 s on the shared, loaded 2-core box

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.config import compose
+from pipeline.config import AblationConfig, compose
 from pipeline.errors import ConfigError
-from pipeline.experiments.ablation import AblationConfig, passthrough_overrides, plan_children
+from pipeline.experiments.ablation import passthrough_overrides, plan_children
 from pipeline.experiments.compare import (
     bootstrap_ci,
     format_table,

@@ -18,9 +18,9 @@ from optuna.trial import TrialState
 
 from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
 from pipeline.commands.search import run_search
-from pipeline.config import CONF_DIR, compose, run_config_from_dict
+from pipeline.config import CONF_DIR, SearchConfig, compose, run_config_from_dict
 from pipeline.errors import ConfigError
-from pipeline.experiments.search import SearchConfig, objective
+from pipeline.experiments.search import objective
 from tests.conftest import tiny_overrides
 
 

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from pipeline.commands import train as train_command  # run_train looked up per call
 from pipeline.config import RunConfig, compose
 from pipeline.errors import PipelineError, TrainingError
 from pipeline.experiments.ablation import (
@@ -37,7 +38,8 @@ from pipeline.experiments.compare import (
     write_csv,
 )
 from pipeline.tracking.config import TrackingConfig
-from pipeline.tracking.runs import Run, flatten, start_run
+from pipeline.tracking.runs import Run, client_and_experiment, flatten, start_run
+from pipeline.tracking.store import mlflow_client
 
 log = logging.getLogger(__name__)
 
@@ -83,14 +85,6 @@ class PeakMemory:
 
 
 # --- MLflow bookkeeping ---------------------------------------------------------------------
-
-
-def _client_and_experiment(tracking: TrackingConfig):
-    from pipeline.tracking.runs import _experiment_id
-    from pipeline.tracking.store import mlflow_client
-
-    client = mlflow_client(tracking.uri)
-    return client, _experiment_id(client, tracking)
 
 
 def find_parent(client: Any, experiment_id: str, name: str) -> str | None:
@@ -188,7 +182,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
     configs = {child: _child_config(child, tracking, name, ablation) for child in children}
     parent_id, done = None, {}
     if tracking.enabled:
-        client, experiment_id = _client_and_experiment(tracking)
+        client, experiment_id = client_and_experiment(tracking)
         parent_id = find_parent(client, experiment_id, name)
         if parent_id is None:
             params = {
@@ -273,14 +267,14 @@ def _run_children(
     """Train each child in this process; a failure is recorded and the rest still run."""
     import torch
 
-    from pipeline.commands.train import run_train
-
     rows, failures = [], []
     for i, (child, child_cfg) in enumerate(zip(todo, configs, strict=True), 1):
         print(f"[{i}/{len(todo)}] {child.variant} seed {child.seed}", flush=True)
         try:
             with PeakMemory(cuda=_cuda_device(child_cfg, torch)) as peak:
-                result = run_train(child_cfg, out_dir / child.variant / f"seed{child.seed}")
+                result = train_command.run_train(
+                    child_cfg, out_dir / child.variant / f"seed{child.seed}"
+                )
         except (PipelineError, RuntimeError, ValueError) as exc:
             # Its run is already marked FAILED; rerunning the ablation retries just this one.
             failures.append(f"{child.variant} seed {child.seed}: {exc}")
@@ -303,8 +297,6 @@ def _run_children(
 
 
 def _client(tracking: TrackingConfig) -> Any:
-    from pipeline.tracking.store import mlflow_client
-
     return mlflow_client(tracking.uri)
 
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+from pipeline.commands import train as train_command  # run_train looked up per call
 from pipeline.config import RunConfig
 from pipeline.experiments.search import objective
 from pipeline.tracking.credentials import redact
-from pipeline.tracking.runs import start_run
+from pipeline.tracking.runs import client_and_experiment, start_run
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +45,12 @@ def find_study_parent(client: Any, experiment_id: str, study: str) -> str | None
 
 
 def run_search(cfg: RunConfig, out_dir: Path) -> float:
-    from pipeline.commands.ablate import _client_and_experiment
-    from pipeline.commands.train import run_train
-
     search, tracking = cfg.search, cfg.tracking
     trial, overrides, swept = _trial_overrides()
     overrides = [redact(o) for o in overrides]  # tracking.uri's user:password@ stays out
     parent_id = None
     if tracking.enabled:
-        client, experiment_id = _client_and_experiment(tracking)
+        client, experiment_id = client_and_experiment(tracking)
         parent_id = find_study_parent(client, experiment_id, search.study)
         if parent_id is None:
             parent_id = client.create_run(
@@ -66,7 +64,7 @@ def run_search(cfg: RunConfig, out_dir: Path) -> float:
         run_name=f"{search.study}/trial{trial if trial is not None else ''}",
         tags={**tracking.tags, "study": search.study, "trial": str(trial)},
     )
-    result = run_train(
+    result = train_command.run_train(
         dataclasses.replace(cfg, stage="train", tracking=child_tracking), Path(out_dir)
     )
     value = objective(result.fit.history, result.fit.best_epoch, search.metric)

@@ -31,6 +31,7 @@ from pipeline.evaluation.metrics import (
     summarize,
 )
 from pipeline.evaluation.plots import plot_confusion_matrix, plot_learning_curves
+from pipeline.experiments.kfold import run_kfold
 from pipeline.models.backbone import InputSpec, check_model_name
 from pipeline.models.classifier import build_model
 from pipeline.models.weights import WeightsInfo
@@ -471,9 +472,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds, and
     data.fold=I only fold I."""
     if cfg.data.kfold and cfg.data.fold is None and splits is None:
-        from pipeline.experiments.kfold import run_kfold
-
-        return run_kfold(cfg, out_dir)
+        return run_kfold(cfg, out_dir, run_train)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_model_name(cfg.backbone.name)  # a typo fails here, before any data is read

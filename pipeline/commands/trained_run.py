@@ -26,6 +26,7 @@ from pipeline.data.loader import DeviceNormalize
 from pipeline.errors import ConfigError, first_line
 from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier, build_model
+from pipeline.tracking.runs import run_name_for, start_run
 from pipeline.tracking.store import mlflow_client, store_missing
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.loop import Batches
@@ -243,8 +244,6 @@ def linked_run(cfg: RunConfig, trained: TrainedModel, stage: str):
     `mlflow.parentRunId`, so the UI shows it under that run and nothing of the original is
     overwritten (a second evaluation with TTA is a second child, not a changed number).
     """
-    from pipeline.tracking.runs import run_name_for, start_run
-
     tracking, tags = cfg.tracking, {"stage": stage, "backbone": trained.cfg.backbone.name}
     source_name = run_name_for(trained.cfg, "train")
     if trained.run_id and tracking.enabled:

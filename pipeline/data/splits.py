@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data.cifar import load_cifar
 from pipeline.data.config import SPLITS, DataConfig
 from pipeline.data.decode import drop_unreadable
+from pipeline.data.manifest import load_csv
 from pipeline.data.sources import ImageSet, load_digits, scan_class_folders
 from pipeline.errors import ConfigError, DataError
 
@@ -91,13 +93,9 @@ def build_splits(cfg: DataConfig, seed: int) -> Splits:
     if cfg.name == "digits":
         return _split_all(load_digits(), cfg, seed, skipped=[])
     if cfg.name in ("cifar10", "cifar100"):
-        from pipeline.data.cifar import load_cifar
-
         train, test = load_cifar(cfg.name, Path(cfg.root or "data").expanduser())
         return presplit({"train": train, "test": test}, cfg, seed, skipped=[])
     if cfg.name == "csv":
-        from pipeline.data.manifest import load_csv
-
         if not cfg.root:
             raise ConfigError("data=csv needs data.root=<CSV file with path,label[,split] columns>")
         parts, skipped = load_csv(Path(cfg.root).expanduser())

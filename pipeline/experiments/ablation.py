@@ -14,73 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from pipeline.config import MODES, RESERVED_KEYS, AblationConfig, override_key
 from pipeline.errors import ConfigError
 
-MODES = {"leave_one_out": "no_", "add_one_in": "with_"}
 BASELINE = "baseline"
-# Overrides the plan sets itself (or that would escape it), never per component or from the CLI.
-RESERVED_KEYS = ("stage", "seed", "ablation", "hparams_search", "search")
 # How a child runs, not what it computes: left out of its identity, so a summarising rerun
 # without e.g. train.threads=1 still counts the children a parallel sweep trained.
 RUNTIME_KEYS = ("train.threads", "train.progress", "data.num_workers", "data.eval_batch_size")
-_NAME = re.compile(r"^[A-Za-z0-9_]+$")
-
-
-@dataclass
-class AblationConfig:
-    name: str = ""  # the parent run's identity: rerunning the same name resumes it
-    mode: str = "leave_one_out"  # leave_one_out | add_one_in
-    baseline: list[str] = field(default_factory=list)  # overrides for the full/bare baseline
-    components: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides
-    seeds: int = 3  # runs per variant, seeds first_seed .. first_seed + seeds - 1
-    first_seed: int = 0
-    metric: str = "test/acc"  # what the deltas, paired tests and chart compare
-    bootstrap: int = 10000  # resamples for ablation.csv's bootstrap CI (from 5 seeds on)
-    # Narrow this process to one variant and/or seed: one job of a Hydra multirun.
-    only_variant: str | None = None
-    only_seed: int | None = None
-    # Compose every child, find or create the parent, print the plan, train nothing: checks an
-    # ablation, and sets up the store and parent before parallel jobs race to create them.
-    dry_run: bool = False
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]*", self.name):  # it goes into MLflow filters
-            raise ConfigError(f"ablation.name={self.name!r} may use only letters, digits, _ . -")
-        if self.mode not in MODES:
-            raise ConfigError(f"ablation.mode={self.mode!r} is not one of: {', '.join(MODES)}")
-        if self.seeds < 1:
-            raise ConfigError(f"ablation.seeds must be >= 1, got {self.seeds}")
-        if self.bootstrap < 1:
-            raise ConfigError(f"ablation.bootstrap must be >= 1, got {self.bootstrap}")
-        for name, overrides in self.components.items():
-            if not _NAME.match(name):
-                raise ConfigError(f"ablation component name {name!r} must match [A-Za-z0-9_]+")
-            if isinstance(overrides, str):
-                overrides = [overrides]
-            if not overrides or not all(isinstance(o, str) and "=" in o for o in overrides):
-                raise ConfigError(
-                    f"ablation.components.{name} must be a list of overrides like "
-                    f"[augment=none], got {overrides!r}"
-                )
-            self.components[name] = list(overrides)
-        # Children log where the parent logs, so tracking.* is the ablation's, not a variant's.
-        for override in [*self.baseline, *(o for v in self.components.values() for o in v)]:
-            if override_key(override).split(".")[0] in (*RESERVED_KEYS, "tracking"):
-                raise ConfigError(
-                    f"ablation override {override!r} sets a key the ablation controls "
-                    f"({', '.join(RESERVED_KEYS)}, tracking)"
-                )
-
-    @property
-    def seed_list(self) -> list[int]:
-        return list(range(self.first_seed, self.first_seed + self.seeds))
-
-    @property
-    def narrowed(self) -> bool:
-        return self.only_variant is not None or self.only_seed is not None
 
 
 @dataclass(frozen=True)
@@ -101,11 +43,6 @@ class Child:
     def sha(self) -> str:
         """Identity for resume: a child only counts as done if it ran these overrides."""
         return overrides_sha([o for o in self.overrides if override_key(o) not in RUNTIME_KEYS])
-
-
-def override_key(override: str) -> str:
-    """'+head.dropout=0.1' -> 'head.dropout'; 'augment=none' -> 'augment'."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def overrides_sha(overrides: tuple[str, ...] | list[str]) -> str:

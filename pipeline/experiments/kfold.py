@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +49,9 @@ def _write_fold_manifest(splits: Splits, folds: np.ndarray, path: Path) -> Path:
     return path
 
 
-def run_kfold(cfg: RunConfig, out_dir: Path):
-    from pipeline.commands.train import TrainResult, run_train
-
+def run_kfold(cfg: RunConfig, out_dir: Path, run_train: Callable):
+    """K folds as nested runs under one parent. `run_train(cfg, out_dir, splits=...)` is the
+    train command (passed in: commands sit above experiments); it returns a TrainResult."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     k = cfg.data.kfold
@@ -100,4 +101,6 @@ def run_kfold(cfg: RunConfig, out_dir: Path):
         f"{key} {summary[key + '_mean']:.4f} ± {summary[key + '_std']:.4f}" for key in per_fold[0]
     )
     print(f"run {parent.run_id or '(tracking off)'} ({k} folds): {line}")
-    return TrainResult(parent.run_id, summary, results[-1].fit, out_dir)
+    return dataclasses.replace(
+        results[-1], run_id=parent.run_id, test_metrics=summary, out_dir=out_dir
+    )

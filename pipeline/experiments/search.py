@@ -8,30 +8,7 @@ test) at the selected epoch.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from pipeline.errors import ConfigError
-
-
-@dataclass
-class SearchConfig:
-    study: str = "search"  # the parent run's name: trials of one study nest under it
-    metric: str = "val/acc"  # any per-epoch metric: val/acc, val/loss, ...
-    direction: str = "maximize"  # maximize | minimize; hparams_search passes it to the sweeper
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):  # it goes into MLflow filters
-            raise ConfigError(f"search.study={self.study!r} may use only letters, digits, _ . -")
-        if self.direction not in ("maximize", "minimize"):
-            raise ConfigError(
-                f"search.direction must be maximize or minimize, got {self.direction!r}"
-            )
-
-    def better(self, value: float, best: float | None) -> bool:
-        if best is None or best != best:
-            return True
-        return value > best if self.direction == "maximize" else value < best
 
 
 def objective(history: list[dict[str, float]], best_epoch: int, metric: str) -> float:

@@ -27,8 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.errors import WeightsUnavailableError
-from pipeline.training.checkpoint import load_failure
+from pipeline.errors import WeightsUnavailableError, load_failure
 
 log = logging.getLogger(__name__)
 

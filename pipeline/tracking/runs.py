@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pipeline.config import RunConfig
 
-
-from pipeline.config import RunConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.store import _store_error, mlflow_client
 
@@ -107,6 +105,12 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     return client.create_experiment(cfg.experiment, artifact_location=location)
 
 
+def client_and_experiment(cfg: TrackingConfig) -> tuple[Any, str]:
+    """The MLflow client of tracking.uri and the id of tracking.experiment (made if missing)."""
+    client = mlflow_client(cfg.uri)
+    return client, _experiment_id(client, cfg)
+
+
 def _reopen_run(client: Any, run_id: str, tags: Mapping[str, str]) -> Run:
     """Set an ended (KILLED/FAILED) run RUNNING again, so a resumed job logs into it."""
     from mlflow.exceptions import MlflowException
@@ -172,7 +176,6 @@ def start_run(
     if not cfg.enabled:
         yield Run()
         return
-    from pipeline.errors import PipelineError
 
     client = mlflow_client(cfg.uri)
     run_tags = {**cfg.tags, **(tags or {})}

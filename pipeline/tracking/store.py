@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     pass
 
 
-from pipeline.errors import ConfigError, first_line
+from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.credentials import _redacted
 
@@ -140,7 +140,6 @@ def _prepare_sqlite_store(db: Path) -> None:
 
 def mlflow_client(uri: str) -> Any:
     """An MlflowClient for `uri`, after checks that fail in seconds with one line."""
-    from pipeline.errors import PipelineError
 
     if uri.startswith(("http://", "https://")):
         _check_server(uri)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError, StorageError, disk_full_error, first_line
+from pipeline.errors import ConfigError, StorageError, disk_full_error, first_line, load_failure
 from pipeline.signals import stop_signals_deferred
 
 TORN_WRITES = ".*.pt.*.tmp"  # save_atomic's temp files: left behind only by a SIGKILL
@@ -66,29 +65,6 @@ def remove_torn_writes(folder: Path) -> list[Path]:
     for tmp in torn:
         tmp.unlink(missing_ok=True)
     return torn
-
-
-# torch's two wordings for a pickled global that weights_only refuses.
-_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+?)(?: was not an allowed global| whose module)")
-
-
-def load_failure(path: str | Path, exc: Exception, unreadable: str) -> str:
-    """One line for a failed torch.load(weights_only=True); `unreadable` starts the generic one.
-
-    torch's own message (ANSI bold included) explains how to load the file anyway; a file
-    from elsewhere that pickles code (a class, a function) is refused instead, by name."""
-    text = str(exc)
-    refused = _REFUSED_GLOBAL.search(text)
-    if refused:
-        return (
-            f"{path} holds pickled code objects (global {refused.group(1)}) and is refused: "
-            "only tensors and plain containers are loaded"
-        )
-    if "Weights only load failed" in text:  # keep the reason, drop the advice
-        _, found, reason = text.partition("WeightsUnpickler error:")
-        lines = [line.strip() for line in reason.splitlines() if line.strip()]
-        return f"{unreadable}: {lines[0] if found and lines else 'not a torch.save file'}"
-    return f"{unreadable}: {first_line(exc)}"
 
 
 def load_checkpoint(path: str | Path, what: str = "checkpoint") -> dict:
