@@ -2,51 +2,58 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
+from pipeline.commands.train_outputs import (
+    config_changes,
+    derived_params_of,
+    interrupted_message,
+    keep_checkpoints,
+    log_run_end,
+    log_run_start,
+    resume_command,
+    resume_target,
+    save_outputs,
+    test_metrics_of,
+    test_report_files,
+    tested_weights,
+)
 from pipeline.config import RunConfig
 from pipeline.data.augment import build_eval_transform, build_train_transform
 from pipeline.data.decode import cache_in_memory
 from pipeline.data.imbalance import balanced_sample_weights, inverse_frequency_weights
-from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
-from pipeline.data.mix import MixBatch, build_batch_transform
-from pipeline.data.report import log_data_report
-from pipeline.data.splits import Splits, run_splits
-from pipeline.errors import ConfigError, StorageError, TrainingError, first_line
-from pipeline.evaluation.diagnosis import write_report
-from pipeline.evaluation.metrics import (
-    classification_report,
-    confusion_matrix,
-    format_report,
-    summarize,
+from pipeline.data.loader import (
+    DeviceNormalize,
+    ImageDataset,
+    build_loader,
+    shut_down_loader_workers,
 )
-from pipeline.evaluation.plots import plot_confusion_matrix, plot_learning_curves
+from pipeline.data.mix import MixBatch, build_batch_transform
+from pipeline.data.splits import Splits, run_splits
+from pipeline.errors import ConfigError, StorageError, TrainingError
+from pipeline.evaluation.diagnosis import write_report
 from pipeline.experiments.kfold import run_kfold
-from pipeline.models.backbone import InputSpec, check_model_name
+from pipeline.models.backbone import check_model_name
 from pipeline.models.classifier import build_model
-from pipeline.models.weights import WeightsInfo
-from pipeline.repro import environment_tags, seed_everything, set_deterministic
+from pipeline.repro import seed_everything, set_deterministic
 from pipeline.signals import Interrupted, sigterm_as_interrupt
-from pipeline.tracking.runs import Run, flatten, run_name_for, start_run
+from pipeline.tracking.runs import Run, run_name_for, start_run
 from pipeline.tracking.store import check_store
 from pipeline.training import distributed
 from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.features import cached_feature_loaders, check_cache_features
 from pipeline.training.finetune import apply_finetune, batch_norm_trains, rebuild_on_change
+from pipeline.training.guards import out_of_memory
 from pipeline.training.loop import Batches, FitResult, fit, optimizer_steps_per_epoch, predict
 from pipeline.training.optim import build_optimizer
 from pipeline.training.precision import resolve_amp, resolve_device, use_fast_cuda_kernels
-from pipeline.training.resume import CHECKPOINT_DIR_TAG, ResumePoint, find_resume_point, owner_tags
+from pipeline.training.resume import ResumePoint, find_resume_point, owner_tags
 from pipeline.training.sched import Schedule, build_schedule
 
 log = logging.getLogger(__name__)
@@ -58,128 +65,6 @@ class TrainResult:
     test_metrics: dict[str, float]
     fit: FitResult
     out_dir: Path
-
-
-def _write_split_manifest(splits: Splits, path: Path) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["split", "image", "label"])
-        writer.writerows(splits.manifest_rows())
-    return path
-
-
-def _test_metrics(class_names: list[str], targets, probs) -> dict[str, float]:
-    return {
-        f"test/{k}": v for k, v in summarize(targets, probs.argmax(1), len(class_names)).items()
-    }
-
-
-def _test_report_files(
-    out_dir: Path, class_names: list[str], targets, probs, history, best_epoch
-) -> dict[Path, Callable[[Path], object]]:
-    """Each file of the per-class test report, with the function that writes it."""
-    cm = confusion_matrix(targets, probs.argmax(1), len(class_names))
-    report = classification_report(cm, class_names)
-
-    def text(content: str) -> Callable[[Path], object]:
-        return lambda path: path.write_text(content)
-
-    return {
-        out_dir / "classification_report.json": text(json.dumps(report, indent=2)),
-        out_dir / "classification_report.txt": text(format_report(report)),
-        out_dir / "confusion_matrix.json": text(
-            json.dumps({"labels": class_names, "counts": cm.tolist()})
-        ),
-        out_dir / "confusion_matrix.png": lambda p: plot_confusion_matrix(cm, class_names, p),
-        out_dir / "learning_curves.png": lambda p: plot_learning_curves(history, p, best_epoch),
-    }
-
-
-def _save_outputs(
-    run: Run, files: dict[Path, Callable[[Path], object] | None], subdir: str | None = None
-) -> list[str]:
-    """Write (where a writer is given) and upload each file, after the run's metrics are
-    logged: a full disk or a refused upload then costs that file, not the finished run.
-    Returns 'name (why)' for each file that was not saved."""
-    failed = []
-    for path, write in files.items():
-        name = f"{subdir}/{path.name}" if subdir else path.name
-        try:
-            if write is not None:
-                write(path)
-        except OSError as exc:  # a full or read-only disk
-            failed.append(f"{name} (not written: {first_line(exc)})")
-            continue
-        try:
-            run.log_artifact(path, subdir)
-        except Exception as exc:  # a full artifact store, a refused or failed upload
-            failed.append(f"{name} (not uploaded: {first_line(exc)})")
-    return failed
-
-
-def _keep_checkpoints(run: Run, checkpoint_dir: Path) -> None:
-    """Upload last.pt/best.pt with an interrupted or failed run, so it can be resumed anywhere."""
-    for name in ("last.pt", "best.pt"):
-        if (checkpoint_dir / name).is_file():
-            try:
-                run.log_artifact(checkpoint_dir / name, "checkpoints")
-            except Exception as exc:  # never hide the original error behind an upload error
-                log.warning("could not upload %s to MLflow: %s", name, exc)
-
-
-def _out_of_memory(exc: BaseException | None) -> bool:
-    """An OOM, also when it arrives wrapped (torch.compile and autotuning re-raise it)."""
-    while exc is not None:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _config_changes(old: dict, new: dict) -> list[str]:
-    old_flat, new_flat = flatten(old), flatten(new)
-    return [
-        key
-        for key in sorted(set(old_flat) | set(new_flat))
-        if old_flat.get(key) != new_flat.get(key)
-        and key not in ("train.resume", "train.resume_force")
-    ]
-
-
-def _resume_target(run: Run, checkpoint_dir: Path) -> str:
-    return run.run_id or str(checkpoint_dir / "last.pt")
-
-
-def _interrupted_message(what: str, run: Run, checkpoint_dir: Path) -> str:
-    last = checkpoint_dir / "last.pt"
-    if not last.is_file():
-        return (
-            f"{what} before the first epoch's checkpoint was written: nothing to resume; "
-            "run the same command again to start over"
-        )
-    status = f"MLflow run {run.run_id} marked KILLED; " if run.run_id else ""
-    return (
-        f"{what}: {status}checkpoint {last}; continue with "
-        f"train.resume={_resume_target(run, checkpoint_dir)}"
-    )
-
-
-def _resume_command(run: Run, checkpoint_dir: Path, fold: int | None) -> str:
-    overrides = f"<same overrides, data.fold={fold}>" if fold is not None else "<same overrides>"
-    return (
-        f"run {run.run_id or '(tracking off)'}: if it stops, continue with: python -m pipeline "
-        f"{overrides} train.resume={_resume_target(run, checkpoint_dir)}"
-    )
-
-
-def _shut_down_loader_workers(loaders: dict[str, DataLoader]) -> None:
-    """Stop the (persistent) loader workers now, not at exit: a group-wide SIGTERM killed
-    them, and an upload while their iterator lives can end in 'DataLoader worker is killed'."""
-    for loader in loaders.values():
-        iterator = getattr(loader, "_iterator", None)  # where persistent_workers keeps it
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
-            loader._iterator = None
 
 
 def _build_loaders(
@@ -222,36 +107,6 @@ def _build_loaders(
     }
 
 
-def _derived_params(
-    cfg: RunConfig,
-    splits: Splits,
-    model: torch.nn.Module,
-    spec: InputSpec,
-    weights: WeightsInfo,
-    crop_pct: float,
-    device: torch.device,
-    dist_info: distributed.DistInfo,
-) -> dict:
-    """Facts the config alone does not say, logged as params beside it."""
-    return {
-        "weights_source": weights.source,
-        "weights_sha256": weights.sha256 or "",
-        "weights_path": weights.path or "",
-        "input.img_size": spec.img_size,
-        "input.mean": list(spec.mean),
-        "input.std": list(spec.std),
-        "input.interpolation": spec.interpolation,
-        "input.crop_pct": crop_pct,
-        "params.total": sum(p.numel() for p in model.parameters()),
-        "params.trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "device": str(device),
-        "amp": str(resolve_amp(cfg.train.amp, device)).removeprefix("torch."),
-        "world_size": dist_info.world_size,
-        **{f"data.n_{name}": n for name, n in splits.sizes().items()},
-        "data.n_skipped": len(splits.skipped),
-    }
-
-
 @dataclass
 class _Training:
     """Everything fit needs, built before the MLflow run starts so bad input fails first."""
@@ -275,7 +130,7 @@ def _check_resume(cfg: RunConfig, out_dir: Path, main: bool) -> ResumePoint | No
     resume = find_resume_point(
         cfg.train.resume, cfg.tracking, out_dir / "resume", cfg.train.resume_force, main
     )
-    changed = _config_changes(resume.state.get("config", {}), cfg.to_dict())
+    changed = config_changes(resume.state.get("config", {}), cfg.to_dict())
     if changed and resume.state.get("config"):
         log.warning("resuming with a changed config: %s", ", ".join(changed))
     stopper = EarlyStopping(cfg.train.early_stopping)
@@ -374,37 +229,10 @@ def _build_training(
             cfg.seed + dist_info.rank,  # each rank mixes its own shard its own way
         ),
         class_weights=class_weights,
-        derived_params=_derived_params(
+        derived_params=derived_params_of(
             cfg, splits, model, spec, weights, crop_pct, device, dist_info
         ),
     )
-
-
-def _log_run_start(
-    run: Run,
-    cfg: RunConfig,
-    splits: Splits,
-    training: _Training,
-    out_dir: Path,
-    resume: ResumePoint | None,
-    checkpoint_dir: Path,
-) -> None:
-    """config.yaml; params, split manifest and data report for a new run; history for an adopted one."""
-    config_path = out_dir / "config.yaml"
-    config_path.write_text(
-        yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
-    )
-    if resume is None or resume.run_id is None:  # a new run
-        run.log_params({**flatten(cfg.to_dict()), **training.derived_params})
-        run.log_artifact(config_path)
-        run.log_artifact(_write_split_manifest(splits, out_dir / "splits.csv"))
-        log_data_report(run, splits, out_dir)
-    if resume is not None:
-        run.set_tags({"resumed_after_epoch": resume.epochs_done})
-        if resume.run_id is None:  # the checkpoint came from an untracked run
-            for epoch, metrics in enumerate(resume.state["history"]):
-                run.log_metrics(metrics, step=epoch)
-    run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
 
 
 def _fit_and_test(
@@ -446,26 +274,6 @@ def _fit_and_test(
         *predict(training.model, training.loaders["test"], training.batches, amp)
     )
     return result, test_loss, probs, targets
-
-
-def _log_run_end(run: Run, result: FitResult, test_metrics: dict[str, float]) -> None:
-    run.log_metrics(
-        {
-            **test_metrics,
-            "best_epoch": result.best_epoch + 1,
-            "tested_epoch": result.weights_epoch + 1,  # differs under restore_best=false
-            "train_seconds": result.train_seconds,
-            "epochs_run": len(result.history),
-        }
-    )
-
-
-def _tested_weights(result: FitResult) -> str:
-    """Which epoch's weights the test used, for the summary line."""
-    best = f"best epoch {result.best_epoch + 1}"
-    if result.weights_epoch == result.best_epoch:
-        return best
-    return f"tested epoch {result.weights_epoch + 1}, the last (restore_best=false); {best}"
 
 
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
@@ -517,9 +325,9 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             name=run_name_for(cfg, "train"),
         ) as run,
     ):
-        _log_run_start(run, cfg, splits, training, out_dir, resume, checkpoint_dir)
+        log_run_start(run, cfg, splits, training.derived_params, out_dir, resume, checkpoint_dir)
         if main:  # said now, not only at the end: a SIGKILL leaves no last words
-            print(_resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
+            print(resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
         stopped_by = None
         try:
             result, test_loss, probs, targets = _fit_and_test(
@@ -528,10 +336,10 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
             stopped_by = str(exc) or "Ctrl-C"
         except Exception as exc:
-            _keep_checkpoints(run, checkpoint_dir)
+            keep_checkpoints(run, checkpoint_dir)
             if isinstance(exc, StorageError):  # a full disk: the last good last.pt is kept
                 then = (
-                    f"continue with train.resume={_resume_target(run, checkpoint_dir)}"
+                    f"continue with train.resume={resume_target(run, checkpoint_dir)}"
                     if (checkpoint_dir / "last.pt").is_file()
                     else "run the same command again"
                 )
@@ -542,7 +350,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
                     f"{cfg.data.batch_size}: raise it (train.accumulate_steps keeps the "
                     "effective batch size)"
                 ) from exc
-            if _out_of_memory(exc):
+            if out_of_memory(exc):
                 raise TrainingError(
                     f"CUDA out of memory at data.batch_size={cfg.data.batch_size}: lower "
                     "data.batch_size (use gradient accumulation to keep the effective batch size)"
@@ -551,25 +359,25 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         if stopped_by is not None:
             # Here, past the except block, its traceback (which holds the loader iterators)
             # is gone: shut the workers down, then upload from this process.
-            _shut_down_loader_workers(training.loaders)
-            _keep_checkpoints(run, checkpoint_dir)
-            raise Interrupted(_interrupted_message(stopped_by, run, checkpoint_dir))
+            shut_down_loader_workers(training.loaders)
+            keep_checkpoints(run, checkpoint_dir)
+            raise Interrupted(interrupted_message(stopped_by, run, checkpoint_dir))
         test_metrics = {"test/loss": test_loss}
         if main:  # per-class report, plots and report.md: rank 0 holds the gathered predictions
-            test_metrics |= _test_metrics(splits.class_names, targets, probs)
-        _log_run_end(run, result, test_metrics)  # the numbers first, then the files
+            test_metrics |= test_metrics_of(splits.class_names, targets, probs)
+        log_run_end(run, result, test_metrics)  # the numbers first, then the files
         not_saved = []
         if result.checkpoint:  # best.pt, or final.pt: the weights the test used
-            not_saved += _save_outputs(run, {result.checkpoint: None}, "checkpoints")
+            not_saved += save_outputs(run, {result.checkpoint: None}, "checkpoints")
         if main:
             title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
-            files = _test_report_files(
+            files = test_report_files(
                 out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
             )
             files[out_dir / "report.md"] = lambda p: write_report(
                 p, title, result.history, test_metrics, result.best_epoch
             )
-            not_saved += _save_outputs(run, files)
+            not_saved += save_outputs(run, files)
         if not_saved:  # the run still ends FINISHED: its training and test are complete
             run.set_tags({"warning": f"not saved: {'; '.join(not_saved)}"})
             log.warning("run finished, but not all its files were saved: %s", "; ".join(not_saved))
@@ -577,7 +385,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     summary = "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
     if main:
         print(
-            f"run {run.run_id or '(tracking off)'}: {summary}  ({_tested_weights(result)}, "
+            f"run {run.run_id or '(tracking off)'}: {summary}  ({tested_weights(result)}, "
             f"{result.train_seconds:.0f}s)"
         )
     return TrainResult(run.run_id, test_metrics, result, out_dir)

@@ -16,7 +16,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, Weight
 
 from pipeline.data.decode import load_image
 from pipeline.data.sources import ImageSet
-from pipeline.repro import epoch_seed, seed_transform
+from pipeline.repro import (
+    epoch_seed,
+    seed_transform,
+)
 
 
 class ImageDataset(Dataset):
@@ -172,3 +175,13 @@ class DeviceNormalize(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.permute(0, 3, 1, 2).float()  # NHWC storage is NCHW channels_last: no copy
         return torch.addcmul(self.shift, x, self.scale)
+
+
+def shut_down_loader_workers(loaders: dict[str, DataLoader]) -> None:
+    """Stop the (persistent) loader workers now, not at exit: a group-wide SIGTERM killed
+    them, and an upload while their iterator lives can end in 'DataLoader worker is killed'."""
+    for loader in loaders.values():
+        iterator = getattr(loader, "_iterator", None)  # where persistent_workers keeps it
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+            loader._iterator = None

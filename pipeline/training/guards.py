@@ -59,3 +59,12 @@ class LossGuard:
                 f"non-finite training loss {where}: "
                 "lower optim.lr, set train.grad_clip, or skip such steps with train.nan_policy=skip"
             )
+
+
+def out_of_memory(exc: BaseException | None) -> bool:
+    """An OOM, also when it arrives wrapped (torch.compile and autotuning re-raise it)."""
+    while exc is not None:
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
