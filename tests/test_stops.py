@@ -327,7 +327,7 @@ def test_group_sigterm_with_loader_workers_uploads_last_pt_and_ends_killed(
     proc = _start_cli(
         f"""
         import sys, time
-        from pipeline.model import Classifier
+        from pipeline.models.classifier import Classifier
         real, steps = Classifier.forward, []
         def forward(self, x):
             if self.training:

@@ -108,7 +108,7 @@ def train_one_epoch(
     ema: ModelEma | None = None,
 ) -> dict[str, float]:
     """`batch_transform(x, y) -> (x, targets)` may mix images on the device and return soft
-    targets (N, C), e.g. `pipeline.mix.MixBatch`; accuracy is still counted against `y`."""
+    targets (N, C), e.g. `pipeline.data.mix.MixBatch`; accuracy is still counted against `y`."""
     model.train()
     # Sums stay on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=batches.device)
