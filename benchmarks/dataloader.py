@@ -30,15 +30,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pipeline
 from benchmarks.report import emit
-from pipeline.augment import AugmentConfig, build_train_transform
-from pipeline.data import (
-    DeviceNormalize,
-    ImageDataset,
-    build_loader,
-    cache_in_memory,
-    default_num_workers,
-    scan_class_folders,
-)
+from pipeline.data.augment import AugmentConfig, build_train_transform
+from pipeline.data.decode import cache_in_memory
+from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader, default_num_workers
+from pipeline.data.sources import scan_class_folders
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CROP_PCT = 0.875

@@ -23,8 +23,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's pipeline
 from benchmarks.report import emit
-from pipeline.augment import AugmentConfig, build_train_transform
-from pipeline.data import read_rgb
+from pipeline.data.augment import AugmentConfig, build_train_transform
+from pipeline.data.decode import read_rgb
 
 CROP_PCT = 0.875
 

@@ -24,10 +24,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
-import pipeline.stages.train as train_stage  # noqa: E402
+import pipeline.commands.train as train_stage  # noqa: E402
 from benchmarks.report import emit  # noqa: E402
 from pipeline.config import compose  # noqa: E402
-from pipeline.train import resolve_device  # noqa: E402
+from pipeline.training.precision import resolve_device  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

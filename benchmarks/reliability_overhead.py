@@ -18,15 +18,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline.backbone import BackboneConfig
-from pipeline.checkpoint import save_atomic
-from pipeline.guards import LossGuard
-from pipeline.head import HeadConfig
-from pipeline.model import build_model
-from pipeline.optim import OptimConfig, build_optimizer
+from pipeline.models.backbone import BackboneConfig
+from pipeline.models.classifier import build_model
+from pipeline.models.head import HeadConfig
 from pipeline.repro import rng_state
-from pipeline.sched import SchedConfig, build_schedule
-from pipeline.train import EarlyStopping, EarlyStoppingConfig, TrainingParts
+from pipeline.training.checkpoint import save_atomic
+from pipeline.training.config import EarlyStoppingConfig
+from pipeline.training.early_stopping import EarlyStopping
+from pipeline.training.guards import LossGuard
+from pipeline.training.optim import OptimConfig, build_optimizer
+from pipeline.training.sched import SchedConfig, build_schedule
+from pipeline.training.state import TrainingParts
 
 
 def checkpoint_cost(backbone: str, repeats: int) -> dict:

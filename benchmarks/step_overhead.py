@@ -24,10 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.report import emit  # noqa: E402
-from pipeline.data import DeviceNormalize  # noqa: E402
-from pipeline.optim import OptimConfig, build_optimizer  # noqa: E402
-from pipeline.sched import SchedConfig, build_schedule  # noqa: E402
-from pipeline.train import Batches, resolve_device  # noqa: E402
+from pipeline.data.loader import DeviceNormalize  # noqa: E402
+from pipeline.training.loop import Batches  # noqa: E402
+from pipeline.training.optim import OptimConfig, build_optimizer  # noqa: E402
+from pipeline.training.precision import resolve_device  # noqa: E402
+from pipeline.training.sched import SchedConfig, build_schedule  # noqa: E402
 
 
 def per_call_ms(fn, device: torch.device, n: int, warmup: int = 5) -> float:

@@ -45,28 +45,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 from benchmarks.report import emit  # noqa: E402
-from pipeline.augment import AugmentConfig, build_train_transform  # noqa: E402
-from pipeline.backbone import BackboneConfig  # noqa: E402
-from pipeline.data import (  # noqa: E402
-    DeviceNormalize,
-    ImageDataset,
-    ImageSet,
-    build_loader,
-    cache_in_memory,
-    default_num_workers,
-    scan_class_folders,
-)
-from pipeline.head import HeadConfig  # noqa: E402
-from pipeline.model import build_model  # noqa: E402
-from pipeline.optim import OptimConfig, build_optimizer  # noqa: E402
-from pipeline.sched import SchedConfig, build_schedule  # noqa: E402
-from pipeline.train import (  # noqa: E402
-    Batches,
-    TrainConfig,
-    resolve_amp,
-    resolve_device,
-    train_one_epoch,
-)
+from pipeline.data.augment import AugmentConfig, build_train_transform  # noqa: E402
+from pipeline.data.decode import cache_in_memory  # noqa: E402
+from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader, default_num_workers  # noqa: E402
+from pipeline.data.sources import ImageSet, scan_class_folders  # noqa: E402
+from pipeline.models.backbone import BackboneConfig  # noqa: E402
+from pipeline.models.classifier import build_model  # noqa: E402
+from pipeline.models.head import HeadConfig  # noqa: E402
+from pipeline.training.config import TrainConfig  # noqa: E402
+from pipeline.training.loop import Batches, train_one_epoch  # noqa: E402
+from pipeline.training.optim import OptimConfig, build_optimizer  # noqa: E402
+from pipeline.training.precision import resolve_amp, resolve_device  # noqa: E402
+from pipeline.training.sched import SchedConfig, build_schedule  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
 

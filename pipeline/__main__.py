@@ -14,11 +14,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import distributed
 from pipeline.config import CONF_DIR, compose, run_config_from_dict
 from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
 from pipeline.signals import sigterm_as_interrupt
-from pipeline.tracking import redact_files
+from pipeline.tracking.credentials import redact_files
+from pipeline.training import distributed
 
 
 def _redact_hydra_records() -> None:
@@ -35,7 +35,7 @@ def _redact_hydra_records() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    from pipeline.stages import STAGE_FUNCTIONS
+    from pipeline.commands import STAGE_FUNCTIONS
 
     try:
         _redact_hydra_records()

@@ -9,28 +9,28 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.ablation import AblationConfig
-from pipeline.augment import AugmentConfig
-from pipeline.backbone import BackboneConfig
-from pipeline.data import DataConfig
+from pipeline.data.augment import AugmentConfig
+from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError, first_line
-from pipeline.evaluate import EvalConfig
-from pipeline.features import check_cache_features
-from pipeline.finetune import FinetuneConfig, check_unfreezes
-from pipeline.head import HeadConfig
-from pipeline.lr_find import LRFindConfig
-from pipeline.optim import OptimConfig
-from pipeline.sched import SchedConfig
-from pipeline.search import SearchConfig
-from pipeline.tracking import TrackingConfig, take_credentials
-from pipeline.train import TrainConfig
-from pipeline.visualize import VisualizeConfig
+from pipeline.evaluation.evaluate import EvalConfig
+from pipeline.evaluation.visualize import VisualizeConfig
+from pipeline.models.backbone import BackboneConfig
+from pipeline.models.head import HeadConfig
+from pipeline.tracking.config import TrackingConfig
+from pipeline.tracking.credentials import take_credentials
+from pipeline.training.config import TrainConfig
+from pipeline.training.features import check_cache_features
+from pipeline.training.finetune import FinetuneConfig, check_unfreezes
+from pipeline.training.lr_find import LRFindConfig
+from pipeline.training.optim import OptimConfig
+from pipeline.training.sched import SchedConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 STAGES = (
@@ -45,6 +45,102 @@ STAGES = (
     "search",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
+
+
+# --- settings of the experiment groups (conf/ablation, conf/hparams_search) -----------
+# Here rather than in pipeline/experiments/, which runs them: RunConfig holds them, and
+# experiments/ sits above this module.
+
+MODES = {"leave_one_out": "no_", "add_one_in": "with_"}
+
+
+# Overrides the plan sets itself (or that would escape it), never per component or from the CLI.
+RESERVED_KEYS = ("stage", "seed", "ablation", "hparams_search", "search")
+
+
+_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclass
+class AblationConfig:
+    name: str = ""  # the parent run's identity: rerunning the same name resumes it
+    mode: str = "leave_one_out"  # leave_one_out | add_one_in
+    baseline: list[str] = field(default_factory=list)  # overrides for the full/bare baseline
+    components: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides
+    seeds: int = 3  # runs per variant, seeds first_seed .. first_seed + seeds - 1
+    first_seed: int = 0
+    metric: str = "test/acc"  # what the deltas, paired tests and chart compare
+    bootstrap: int = 10000  # resamples for ablation.csv's bootstrap CI (from 5 seeds on)
+    # Narrow this process to one variant and/or seed: one job of a Hydra multirun.
+    only_variant: str | None = None
+    only_seed: int | None = None
+    # Compose every child, find or create the parent, print the plan, train nothing: checks an
+    # ablation, and sets up the store and parent before parallel jobs race to create them.
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]*", self.name):  # it goes into MLflow filters
+            raise ConfigError(f"ablation.name={self.name!r} may use only letters, digits, _ . -")
+        if self.mode not in MODES:
+            raise ConfigError(f"ablation.mode={self.mode!r} is not one of: {', '.join(MODES)}")
+        if self.seeds < 1:
+            raise ConfigError(f"ablation.seeds must be >= 1, got {self.seeds}")
+        if self.bootstrap < 1:
+            raise ConfigError(f"ablation.bootstrap must be >= 1, got {self.bootstrap}")
+        for name, overrides in self.components.items():
+            if not _NAME.match(name):
+                raise ConfigError(f"ablation component name {name!r} must match [A-Za-z0-9_]+")
+            if isinstance(overrides, str):
+                overrides = [overrides]
+            if not overrides or not all(isinstance(o, str) and "=" in o for o in overrides):
+                raise ConfigError(
+                    f"ablation.components.{name} must be a list of overrides like "
+                    f"[augment=none], got {overrides!r}"
+                )
+            self.components[name] = list(overrides)
+        # Children log where the parent logs, so tracking.* is the ablation's, not a variant's.
+        for override in [*self.baseline, *(o for v in self.components.values() for o in v)]:
+            if override_key(override).split(".")[0] in (*RESERVED_KEYS, "tracking"):
+                raise ConfigError(
+                    f"ablation override {override!r} sets a key the ablation controls "
+                    f"({', '.join(RESERVED_KEYS)}, tracking)"
+                )
+
+    @property
+    def seed_list(self) -> list[int]:
+        return list(range(self.first_seed, self.first_seed + self.seeds))
+
+    @property
+    def narrowed(self) -> bool:
+        return self.only_variant is not None or self.only_seed is not None
+
+
+def override_key(override: str) -> str:
+    """'+head.dropout=0.1' -> 'head.dropout'; 'augment=none' -> 'augment'."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+@dataclass
+class SearchConfig:
+    study: str = "search"  # the parent run's name: trials of one study nest under it
+    metric: str = "val/acc"  # any per-epoch metric: val/acc, val/loss, ...
+    direction: str = "maximize"  # maximize | minimize; hparams_search passes it to the sweeper
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.study):  # it goes into MLflow filters
+            raise ConfigError(f"search.study={self.study!r} may use only letters, digits, _ . -")
+        if self.direction not in ("maximize", "minimize"):
+            raise ConfigError(
+                f"search.direction must be maximize or minimize, got {self.direction!r}"
+            )
+
+    def better(self, value: float, best: float | None) -> bool:
+        if best is None or best != best:
+            return True
+        return value > best if self.direction == "maximize" else value < best
+
+
+# --- the whole run -------------------------------------------------------------------
 
 
 @dataclass

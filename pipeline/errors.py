@@ -1,6 +1,10 @@
 """Errors that end a run with one clear line instead of a traceback."""
 
+from __future__ import annotations
+
 import errno
+import re
+from pathlib import Path
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; over the disk quota
 
@@ -51,3 +55,26 @@ class ExportError(PipelineError):
 
 class StorageError(PipelineError):
     """A file could not be written: a full disk, a read-only folder."""
+
+
+# torch's two wordings for a pickled global that weights_only refuses.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+?)(?: was not an allowed global| whose module)")
+
+
+def load_failure(path: str | Path, exc: Exception, unreadable: str) -> str:
+    """One line for a failed torch.load(weights_only=True); `unreadable` starts the generic one.
+
+    torch's own message (ANSI bold included) explains how to load the file anyway; a file
+    from elsewhere that pickles code (a class, a function) is refused instead, by name."""
+    text = str(exc)
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return (
+            f"{path} holds pickled code objects (global {refused.group(1)}) and is refused: "
+            "only tensors and plain containers are loaded"
+        )
+    if "Weights only load failed" in text:  # keep the reason, drop the advice
+        _, found, reason = text.partition("WeightsUnpickler error:")
+        lines = [line.strip() for line in reason.splitlines() if line.strip()]
+        return f"{unreadable}: {lines[0] if found and lines else 'not a torch.save file'}"
+    return f"{unreadable}: {first_line(exc)}"

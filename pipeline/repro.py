@@ -1,8 +1,8 @@
 """Seeding, determinism and run provenance, so a run is repeatable from its logged config.
 
 The training data's randomness (shuffle order, augmentations, mixup/cutmix) is a function of
-(seed, epoch) alone: see `epoch_seed`, `pipeline.data.EpochSampler` and
-`pipeline.mix.MixBatch.set_epoch`. It needs no saved state, so a resumed run, a run with
+(seed, epoch) alone: see `epoch_seed`, `pipeline.data.loader.EpochSampler` and
+`pipeline.data.mix.MixBatch.set_epoch`. It needs no saved state, so a resumed run, a run with
 another number of loader workers and each DDP rank all draw what they should.
 `rng_state` / `load_rng_state` capture the rest (python, numpy, torch, CUDA: dropout, say),
 which is what makes a resumed run equal an uninterrupted one.

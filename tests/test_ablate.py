@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.ablation import AblationConfig
-from pipeline.config import compose
+from pipeline.commands.ablate import run_ablate
+from pipeline.config import AblationConfig, compose
 from pipeline.errors import TrainingError
-from pipeline.stages import run_ablate
 from tests.conftest import tiny_overrides, write_image_folder
 
 pytestmark = pytest.mark.slow  # five tiny trainings; ~75 s on the shared, loaded 2-core box
@@ -26,7 +25,7 @@ def _explode(*args, **kwargs):
 def ablation_setup(mlflow_uri, tmp_path_factory):
     """A 2-variant x 2-seed ablation on 24 tiny PNGs, run twice: first with one child crashing
     mid-training, then again, which retrains only that child. Shared by the tests below."""
-    import pipeline.stages.train as train_stage
+    import pipeline.commands.train as train_stage
 
     tmp = tmp_path_factory.mktemp("ablate")
     root = write_image_folder(tmp / "images")
@@ -166,7 +165,7 @@ def test_a_failed_child_is_recorded_and_only_it_reruns(ablation_setup):
 
 
 def test_rerun_after_success_trains_nothing(ablation_setup, monkeypatch, capsys):
-    import pipeline.stages.train as train_stage
+    import pipeline.commands.train as train_stage
 
     cfg, overrides, tmp, summaries, *_ = ablation_setup
     monkeypatch.setattr(train_stage, "run_train", _explode)

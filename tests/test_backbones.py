@@ -6,11 +6,11 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from pipeline.backbone import BackboneConfig, create_backbone, use_fast_pooling
+from pipeline.commands.download import run_download
 from pipeline.config import compose
 from pipeline.errors import ConfigError, WeightsUnavailableError
-from pipeline.model import build_model
-from pipeline.stages.download import run_download
+from pipeline.models.backbone import BackboneConfig, create_backbone, use_fast_pooling
+from pipeline.models.classifier import build_model
 
 # backbone yaml -> (timm name, pretrained input size, pooled width with avg pooling)
 FAMILIES = {
@@ -151,14 +151,14 @@ def test_download_fills_the_hf_cache_and_later_runs_read_it_offline(monkeypatch,
 
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fake_hf_hub_download)
-    monkeypatch.setattr("pipeline.weights.hub_reachable", lambda: True)
+    monkeypatch.setattr("pipeline.models.weights.hub_reachable", lambda: True)
     cfg = compose(["stage=download", "backbone.name=test_resnet"])
     info = run_download(cfg)
     assert info.source == "hub" and calls == [("timm/test_resnet.r160_in1k", "model.safetensors")]
     # The weights' input size, not the 64 px the default data group (digits) trains at.
     assert cfg.backbone.img_size == 64 and "; input 160px, mean " in capsys.readouterr().out
     # Offline now: the same weights come from the cache, hash included.
-    monkeypatch.setattr("pipeline.weights.hub_reachable", lambda: False)
+    monkeypatch.setattr("pipeline.models.weights.hub_reachable", lambda: False)
     cached = run_download(cfg)
     assert cached.source == "hf-cache" and cached.sha256 == info.sha256 and len(calls) == 1
 

@@ -8,20 +8,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from pipeline.data import (
-    DataConfig,
-    ImageDataset,
-    ImageSet,
-    build_splits,
+from pipeline.commands.train import run_train
+from pipeline.data.config import DataConfig
+from pipeline.data.decode import (
     cache_in_memory,
     check_decodes,
     drop_unreadable,
+    read_images,
     read_rgb,
-    scan_class_folders,
 )
+from pipeline.data.loader import ImageDataset
+from pipeline.data.sources import ImageSet, list_images, scan_class_folders
+from pipeline.data.splits import build_splits
 from pipeline.errors import DataError
-from pipeline.inference import list_images, read_images
-from pipeline.stages import run_train
 from tests.conftest import write_image_folder
 
 

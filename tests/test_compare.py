@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.ablation import AblationConfig, passthrough_overrides, plan_children
-from pipeline.compare import (
+from pipeline.config import AblationConfig, compose
+from pipeline.errors import ConfigError
+from pipeline.experiments.ablation import passthrough_overrides, plan_children
+from pipeline.experiments.compare import (
     bootstrap_ci,
     format_table,
     paired_test,
@@ -18,8 +20,6 @@ from pipeline.compare import (
     table_legend,
     write_csv,
 )
-from pipeline.config import compose
-from pipeline.errors import ConfigError
 
 
 def _ablation(**kw):

@@ -10,11 +10,11 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 
-from pipeline.cifar import ARCHIVES, load_cifar, read_archive, unpickle_batch
 from pipeline.config import compose
-from pipeline.data import DataConfig, build_splits
+from pipeline.data.cifar import ARCHIVES, load_cifar, read_archive, unpickle_batch
+from pipeline.data.config import DataConfig
+from pipeline.data.splits import build_splits, run_splits
 from pipeline.errors import ConfigError, DataError
-from pipeline.kfold import run_splits
 from tests.conftest import write_image_folder
 
 
@@ -233,7 +233,7 @@ def test_cifar_offline_names_the_file_to_place(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise URLError("no network")
 
-    monkeypatch.setattr("pipeline.cifar.urlopen", offline)
+    monkeypatch.setattr("pipeline.data.cifar.urlopen", offline)
     with pytest.raises(DataError) as err:
         load_cifar("cifar100", tmp_path / "data")
     message = str(err.value)

@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.diagnosis import diagnose, render_report
-from pipeline.lr_find import smooth, suggest_lr
-from pipeline.metrics import calibration_bins, expected_calibration_error, topk_accuracy
+from pipeline.evaluation.diagnosis import diagnose, render_report
+from pipeline.evaluation.metrics import calibration_bins, expected_calibration_error, topk_accuracy
+from pipeline.training.lr_find import smooth, suggest_lr
 
 
 def _history(train_loss, val_loss, train_acc, val_acc):

@@ -10,12 +10,13 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from pipeline import distributed
-from pipeline.data import DeviceNormalize, build_loader
+from pipeline.data.loader import DeviceNormalize, build_loader
 from pipeline.errors import ConfigError
-from pipeline.optim import transfer_state
-from pipeline.sched import SchedConfig, build_schedule
-from pipeline.train import Batches, EarlyStoppingConfig, TrainConfig, fit
+from pipeline.training import distributed
+from pipeline.training.config import EarlyStoppingConfig, TrainConfig
+from pipeline.training.loop import Batches, fit
+from pipeline.training.optim import transfer_state
+from pipeline.training.sched import SchedConfig, build_schedule
 
 N_TRAIN, N_VAL, EPOCHS = 256, 60, 2
 

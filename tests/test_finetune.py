@@ -5,23 +5,25 @@ import timm
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.augment import build_eval_transform
-from pipeline.data import DeviceNormalize, ImageDataset, build_loader, build_splits
+from pipeline.commands.train import run_train
+from pipeline.data.augment import build_eval_transform
+from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
+from pipeline.data.splits import build_splits
 from pipeline.errors import ConfigError
-from pipeline.finetune import (
+from pipeline.models.classifier import Classifier, build_model
+from pipeline.models.head import HeadConfig, build_head
+from pipeline.models.layer_groups import backbone_stages
+from pipeline.training.config import TrainConfig
+from pipeline.training.finetune import (
     FinetuneConfig,
     apply_finetune,
     lr_scale,
     rebuild_on_change,
     trainable_stages,
 )
-from pipeline.groups import backbone_stages
-from pipeline.head import HeadConfig, build_head
-from pipeline.model import Classifier, build_model
-from pipeline.optim import OptimConfig, build_optimizer
-from pipeline.sched import SchedConfig, build_schedule, lr_factor
-from pipeline.stages import run_train
-from pipeline.train import Batches, TrainConfig, fit
+from pipeline.training.loop import Batches, fit
+from pipeline.training.optim import OptimConfig, build_optimizer
+from pipeline.training.sched import SchedConfig, build_schedule, lr_factor
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.augment import AugmentConfig, build_train_transform
-from pipeline.data import ImageDataset, ImageSet, cache_in_memory, read_rgb, scan_class_folders
+from pipeline.commands.train import run_train
+from pipeline.data.augment import AugmentConfig, build_train_transform
+from pipeline.data.decode import cache_in_memory, read_rgb
+from pipeline.data.loader import ImageDataset
+from pipeline.data.sources import ImageSet, scan_class_folders
 from pipeline.errors import DataError
 from pipeline.repro import seed_transform
-from pipeline.stages.train import run_train
 from tests.conftest import write_image_folder
 
 

@@ -5,12 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import AugmentConfig, build_train_transform
-from pipeline.data import ImageDataset, ImageSet, build_loader
+from pipeline.data.augment import AugmentConfig, build_train_transform
+from pipeline.data.imbalance import balanced_sample_weights, inverse_frequency_weights
+from pipeline.data.loader import ImageDataset, build_loader
+from pipeline.data.mix import MixBatch, build_batch_transform
+from pipeline.data.sources import ImageSet
 from pipeline.errors import ConfigError
-from pipeline.imbalance import balanced_sample_weights, inverse_frequency_weights
-from pipeline.mix import MixBatch, build_batch_transform
-from pipeline.train import TrainConfig
+from pipeline.training.config import TrainConfig
 
 
 def test_inverse_frequency_weights_balance_the_loss():

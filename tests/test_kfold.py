@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.commands.evaluate import run_evaluate
+from pipeline.commands.train import run_train
 from pipeline.config import compose
-from pipeline.data import DataConfig, build_splits
+from pipeline.data.config import DataConfig
+from pipeline.data.splits import build_splits, kfold_splits, stratified_folds
 from pipeline.errors import ConfigError
-from pipeline.kfold import kfold_splits, stratified_folds, summarize_folds
-from pipeline.stages import run_train
-from pipeline.stages.evaluate import run_evaluate
+from pipeline.experiments.kfold import summarize_folds
 from tests.conftest import write_image_folder
 
 

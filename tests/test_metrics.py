@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import classification_report as sk_report
 from sklearn.metrics import confusion_matrix as sk_confusion
 
-from pipeline.metrics import (
+from pipeline.evaluation.metrics import (
     accuracy,
     classification_report,
     confusion_matrix,

@@ -13,11 +13,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.commands.train import run_train
 from pipeline.errors import TrainingError
-from pipeline.guards import LossGuard
 from pipeline.signals import Interrupted, sigterm_as_interrupt
-from pipeline.stages import run_train
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.guards import LossGuard
 
 EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
 
@@ -44,9 +44,9 @@ def folder_cfg(tiny_cfg, image_folder):
 
 def _interrupt_on_call(monkeypatch, call: int, action):
     """Run `action` instead of the `call`-th epoch of training (1-based)."""
-    import pipeline.train
+    import pipeline.training.loop
 
-    real = pipeline.train.train_one_epoch
+    real = pipeline.training.loop.train_one_epoch
     calls = {"n": 0}
 
     def patched(*args, **kwargs):
@@ -55,7 +55,7 @@ def _interrupt_on_call(monkeypatch, call: int, action):
             action()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.train, "train_one_epoch", patched)
+    monkeypatch.setattr(pipeline.training.loop, "train_one_epoch", patched)
 
 
 def _raise(exc):
@@ -209,14 +209,14 @@ def test_cli_sigterm_exits_nonzero_with_one_line(image_folder, mlflow_uri, tmp_p
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        import pipeline.train
-        real, calls = pipeline.train.train_one_epoch, []
+        import pipeline.training.loop
+        real, calls = pipeline.training.loop.train_one_epoch, []
         def patched(*a, **k):
             calls.append(1)
             if len(calls) == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
             return real(*a, **k)
-        pipeline.train.train_one_epoch = patched
+        pipeline.training.loop.train_one_epoch = patched
         sys.argv = ["pipeline", "data=folder", "data.root={image_folder}", "data.batch_size=4",
             "data.num_workers=0", "backbone.name=test_efficientnet", "backbone.pretrained=false",
             "backbone.img_size=32", "train.epochs=2", "tracking.uri={mlflow_uri}",
@@ -243,7 +243,7 @@ def test_cli_sigterm_exits_nonzero_with_one_line(image_folder, mlflow_uri, tmp_p
 
 def _poison_forward(monkeypatch, at_step: int, make_output):
     """Classifier.forward returns `make_output(logits)` on the `at_step`-th training batch."""
-    from pipeline.model import Classifier
+    from pipeline.models.classifier import Classifier
 
     real = Classifier.forward
     steps = {"n": 0}
@@ -297,7 +297,7 @@ def test_nan_policy_skip_drops_the_step_and_finishes(folder_cfg, mlflow_uri, tmp
 
 def _poison_every_forward(monkeypatch, training: bool):
     """Classifier.forward returns NaN logits in training (or in eval) mode, every call."""
-    from pipeline.model import Classifier
+    from pipeline.models.classifier import Classifier
 
     real = Classifier.forward
 
@@ -430,7 +430,7 @@ def test_resume_by_path_from_an_untracked_run_starts_a_run_with_the_history(
 def test_interrupt_during_the_test_resumes_to_a_test_only_finish(
     folder_cfg, mlflow_uri, tmp_path, monkeypatch
 ):
-    import pipeline.stages.train as train_stage
+    import pipeline.commands.train as train_stage
 
     full = run_train(folder_cfg(), tmp_path / "full")
     real_predict = train_stage.predict

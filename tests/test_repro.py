@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.augment import AugmentConfig, build_train_transform
-from pipeline.data import ImageDataset, ImageSet, build_loader
+from pipeline.data.augment import AugmentConfig, build_train_transform
+from pipeline.data.loader import ImageDataset, build_loader
+from pipeline.data.sources import ImageSet
 from pipeline.repro import (
     epoch_seed,
     load_rng_state,

@@ -17,10 +17,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
-from pipeline.config import CONF_DIR, compose, run_config_from_dict
+from pipeline.commands.search import run_search
+from pipeline.config import CONF_DIR, SearchConfig, compose, run_config_from_dict
 from pipeline.errors import ConfigError
-from pipeline.search import SearchConfig, objective
-from pipeline.stages import run_search
+from pipeline.experiments.search import objective
 from tests.conftest import tiny_overrides
 
 
@@ -85,7 +85,7 @@ def test_trials_nest_under_one_study_parent_that_keeps_the_best(
     values = []
     for trial, lr in enumerate(("1e-3", "1e-12")):
         monkeypatch.setattr(
-            "pipeline.stages.search._trial_overrides",
+            "pipeline.commands.search._trial_overrides",
             lambda t=trial, lr=lr: (t, [f"optim.lr={lr}", "train.epochs=1"], {"optim.lr"}),
         )
         values.append(run_search(cfg, tmp_path / f"trial{trial}"))

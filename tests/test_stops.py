@@ -14,12 +14,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.commands.train import run_train
 from pipeline.errors import ConfigError, StorageError
-from pipeline.resume import OWNER_HOST_TAG, OWNER_PID_TAG, check_takeover
 from pipeline.signals import Interrupted
-from pipeline.stages import run_train
-from pipeline.tracking import Run
+from pipeline.tracking.runs import Run
+from pipeline.training.checkpoint import load_checkpoint
+from pipeline.training.resume import OWNER_HOST_TAG, OWNER_PID_TAG, check_takeover
 from tests.conftest import tiny_overrides
 
 FOLDER = ("data=folder", "data.batch_size=4", "head.dropout=0.3", "train.epochs=2")
@@ -220,14 +220,14 @@ def test_sigkilled_run_prints_its_resume_command_first_and_is_taken_over_by_id(
     proc = _start_cli(
         """
         import os, signal, sys
-        import pipeline.train
-        real, calls = pipeline.train.train_one_epoch, []
+        import pipeline.training.loop
+        real, calls = pipeline.training.loop.train_one_epoch, []
         def patched(*a, **k):
             calls.append(1)
             if len(calls) == 2:  # epoch 1's checkpoint is written
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(*a, **k)
-        pipeline.train.train_one_epoch = patched
+        pipeline.training.loop.train_one_epoch = patched
         """,
         _cli_overrides(image_folder, mlflow_uri, tmp_path, "tracking.run_name=sigkill"),
     )
@@ -327,7 +327,7 @@ def test_group_sigterm_with_loader_workers_uploads_last_pt_and_ends_killed(
     proc = _start_cli(
         f"""
         import sys, time
-        from pipeline.model import Classifier
+        from pipeline.models.classifier import Classifier
         real, steps = Classifier.forward, []
         def forward(self, x):
             if self.training:

@@ -9,19 +9,16 @@ import sqlite3
 import pytest
 from mlflow.tracking import MlflowClient
 
+from pipeline.commands import lr_find as lr_find_stage
+from pipeline.commands import train as train_stage
+from pipeline.commands.lr_find import run_lr_find
+from pipeline.commands.train import run_train
 from pipeline.config import compose
 from pipeline.errors import ConfigError
-from pipeline.stages import lr_find as lr_find_stage
-from pipeline.stages import run_lr_find, run_train
-from pipeline.stages import train as train_stage
-from pipeline.tracking import (
-    TrackingConfig,
-    mlflow_client,
-    redact,
-    run_name_for,
-    start_run,
-    take_credentials,
-)
+from pipeline.tracking.config import TrackingConfig
+from pipeline.tracking.credentials import redact, take_credentials
+from pipeline.tracking.runs import run_name_for, start_run
+from pipeline.tracking.store import mlflow_client
 
 # --- run names --------------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.stages import run_train
+from pipeline.commands.train import run_train
 
 
 def _free_port() -> int:
@@ -88,7 +88,7 @@ def test_run_metrics_and_artifacts_arrive_at_a_tracking_server(
     stored = {p.name for p in artifact_store.rglob("*") if p.is_file()}
     assert {"config.yaml", "best.pt", "splits.csv"} <= stored
     # The reachability probe goes without the credentials a URI may carry (MLflow uses them).
-    from pipeline.tracking import _check_server
+    from pipeline.tracking.store import _check_server
 
     _check_server(url.replace("http://", "http://user:secret@"))
 
@@ -96,7 +96,8 @@ def test_run_metrics_and_artifacts_arrive_at_a_tracking_server(
 @pytest.mark.timeout(60)  # four stores, each refused in seconds (MLflow alone retries minutes)
 def test_unreachable_or_unusable_tracking_store_fails_in_seconds_with_one_line(tmp_path):
     from pipeline.errors import ConfigError
-    from pipeline.tracking import TrackingConfig, start_run
+    from pipeline.tracking.config import TrackingConfig
+    from pipeline.tracking.runs import start_run
 
     with socket.socket() as s:  # a port nothing listens on once closed
         s.bind(("127.0.0.1", 0))

@@ -6,15 +6,18 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from pipeline.augment import build_eval_transform
-from pipeline.data import DeviceNormalize, ImageDataset, build_loader, build_splits
+from pipeline.commands.train import run_train
+from pipeline.data.augment import build_eval_transform
+from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
+from pipeline.data.splits import build_splits
 from pipeline.errors import TrainingError
-from pipeline.finetune import apply_finetune
-from pipeline.model import build_model
-from pipeline.optim import build_optimizer
-from pipeline.sched import SchedConfig, build_schedule, lr_factor
-from pipeline.stages import run_train
-from pipeline.train import Batches, EarlyStopping, EarlyStoppingConfig, TrainConfig, fit
+from pipeline.models.classifier import build_model
+from pipeline.training.config import EarlyStoppingConfig, TrainConfig
+from pipeline.training.early_stopping import EarlyStopping
+from pipeline.training.finetune import apply_finetune
+from pipeline.training.loop import Batches, fit
+from pipeline.training.optim import build_optimizer
+from pipeline.training.sched import SchedConfig, build_schedule, lr_factor
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
 TEST_METRICS = ("test/acc", "test/f1_macro", "test/loss")
@@ -86,7 +89,7 @@ def test_failed_run_is_marked_failed_with_the_error(tiny_cfg, mlflow_uri, tmp_pa
     def explode(*args, **kwargs):
         raise TrainingError("training loss is nan: lower optim.lr or set train.grad_clip")
 
-    monkeypatch.setattr("pipeline.stages.train.fit", explode)
+    monkeypatch.setattr("pipeline.commands.train.fit", explode)
     with pytest.raises(TrainingError):
         run_train(tiny_cfg("tracking.run_name=will-fail"), tmp_path / "out")
     client = MlflowClient(mlflow_uri)
@@ -136,7 +139,7 @@ def test_fit_stops_when_val_loss_stalls_and_restores_best(tiny_cfg, tmp_path, ca
     optimizer = build_optimizer(model, cfg.optim)
     schedule = build_schedule(optimizer, cfg.sched, 10, len(train))
     snapshot = {}
-    caplog.set_level(logging.INFO, logger="pipeline.train")
+    caplog.set_level(logging.INFO, logger="pipeline.training")
 
     def spoil_after_first_epoch(epoch, metrics):
         # After epoch 1 is saved as best, wreck the head: later epochs cannot improve on it.

@@ -6,11 +6,11 @@ import argparse
 import pytest
 import torch
 
-from pipeline.checkpoint import load_checkpoint
+from pipeline.commands.trained_run import load_trained
 from pipeline.config import compose
 from pipeline.errors import ConfigError, WeightsUnavailableError
-from pipeline.inference import load_trained
-from pipeline.weights import read_state_dict
+from pipeline.models.weights import read_state_dict
+from pipeline.training.checkpoint import load_checkpoint
 
 
 def test_config_yaml_with_a_python_tag_is_refused_in_one_line(tmp_path):

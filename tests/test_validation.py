@@ -2,9 +2,9 @@
 
 import pytest
 
+from pipeline.commands.train import run_train
 from pipeline.config import compose
 from pipeline.errors import ConfigError
-from pipeline.stages import run_train
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_unknown_backbone_fails_before_reading_data_and_suggests_names(
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the backbone name was checked")
 
-    monkeypatch.setattr("pipeline.stages.train.run_splits", no_data)
+    monkeypatch.setattr("pipeline.commands.train.run_splits", no_data)
     with pytest.raises(ConfigError) as info:
         run_train(tiny_cfg("backbone.name=resnet5O"), tmp_path / "out")
     message = str(info.value)
@@ -66,7 +66,7 @@ def test_unknown_backbone_fails_before_reading_data_and_suggests_names(
 
 
 def test_resume_from_nothing_fails_before_any_work(tiny_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr("pipeline.stages.train.run_splits", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("pipeline.commands.train.run_splits", lambda *a, **k: 1 / 0)
     with pytest.raises(ConfigError, match=r"train.resume=/no/such/last.pt: no such checkpoint"):
         run_train(tiny_cfg("train.resume=/no/such/last.pt"), tmp_path / "out")
     with pytest.raises(ConfigError, match=r"train.resume=0{32}: no such run in sqlite"):
@@ -76,7 +76,7 @@ def test_resume_from_nothing_fails_before_any_work(tiny_cfg, tmp_path, monkeypat
 def test_resume_from_a_file_that_is_not_last_pt_says_so(tiny_cfg, tmp_path, monkeypatch):
     import torch
 
-    monkeypatch.setattr("pipeline.stages.train.run_splits", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("pipeline.commands.train.run_splits", lambda *a, **k: 1 / 0)
     junk, best = tmp_path / "junk.pt", tmp_path / "best.pt"
     junk.write_text("not a checkpoint")
     torch.save({"model": {}, "epoch": 0}, best)

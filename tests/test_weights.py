@@ -6,10 +6,10 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from pipeline.backbone import BackboneConfig, create_backbone, input_spec_of
-from pipeline.data import read_rgb
+from pipeline.data.decode import read_rgb
 from pipeline.errors import WeightsUnavailableError
-from pipeline.weights import (
+from pipeline.models.backbone import BackboneConfig, create_backbone, input_spec_of
+from pipeline.models.weights import (
     lite0_key_map,
     load_backbone_state,
     packaged_lite0_path,
@@ -58,7 +58,7 @@ def test_lite0_backbone_drops_the_imagenet_classifier():
 
 
 def _imagenet_top5(model, spec, paths):
-    from pipeline.augment import build_eval_transform
+    from pipeline.data.augment import build_eval_transform
 
     tf = build_eval_transform(spec.img_size, spec.crop_pct, spec.interpolation)
     x = np.stack([tf(image=read_rgb(str(p)))["image"] for p in paths]).astype(np.float32) / 255

@@ -1,0 +1,338 @@
+"""stage=ablate: run every (variant, seed) of an ablation as nested MLflow runs, then compare.
+
+One parent run per ablation name; each child is a full `run_train` whose run carries the
+tags `ablation`, `variant`, `seed`, `overrides_sha` and an explicit `mlflow.parentRunId`, so
+children started by other processes (a Hydra multirun narrowed with ablation.only_variant /
+ablation.only_seed) land under the same parent. Rerunning the same ablation reuses the parent
+and skips children that already FINISHED with the same overrides; failed or killed ones rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import resource
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+from pipeline.commands import train as train_command  # run_train looked up per call
+from pipeline.config import RunConfig, compose
+from pipeline.errors import PipelineError, TrainingError
+from pipeline.experiments.ablation import (
+    BASELINE,
+    AblationConfig,
+    Child,
+    build_variants,
+    passthrough_overrides,
+    plan_children,
+)
+from pipeline.experiments.compare import (
+    METRICS,
+    MIN_MEANINGFUL_PAIRS,
+    format_table,
+    plot_summary,
+    summarize_variants,
+    table_legend,
+    write_csv,
+)
+from pipeline.tracking.config import TrackingConfig
+from pipeline.tracking.runs import Run, client_and_experiment, flatten, start_run
+from pipeline.tracking.store import mlflow_client
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "ablation"  # value: the ablation's name, on the parent and every child
+
+
+# --- peak memory ----------------------------------------------------------------------------
+
+
+class PeakMemory:
+    """Peak memory of the block in MiB: CUDA allocator peak on GPU, else the process's peak
+    RSS (Linux lets us reset the high-water mark per child; elsewhere it is since start)."""
+
+    def __init__(self, cuda: str | None):
+        self.cuda = cuda  # the CUDA device the block trains on ("cuda", "cuda:1"), or None
+        self.kind = "cuda_max_allocated" if cuda else "max_rss"
+        self.mb = float("nan")
+
+    def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.cuda)
+            return self
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+        except OSError:
+            self.kind = "max_rss_since_start"
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            import torch
+
+            self.mb = torch.cuda.max_memory_allocated(self.cuda) / 2**20
+        elif self.kind == "max_rss":
+            status = Path("/proc/self/status").read_text().splitlines()
+            hwm = next(line for line in status if line.startswith("VmHWM:"))
+            self.mb = int(hwm.split()[1]) / 1024
+        else:
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            self.mb = rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+# --- MLflow bookkeeping ---------------------------------------------------------------------
+
+
+def find_parent(client: Any, experiment_id: str, name: str) -> str | None:
+    """The oldest parent run with this ablation name (the one every process agrees on)."""
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.{PARENT_TAG} = '{name}' and tags.stage = 'ablate'",
+        order_by=["attributes.start_time ASC"],
+    )
+    runs = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
+    return runs[0].info.run_id if runs else None
+
+
+def create_parent(client: Any, experiment_id: str, name: str, params: dict[str, Any]) -> str:
+    """Create the parent, then defer to an older one if a parallel job won the race."""
+    run = client.create_run(
+        experiment_id, tags={PARENT_TAG: name, "stage": "ablate"}, run_name=f"ablation/{name}"
+    )
+    run_id = run.info.run_id
+    oldest = find_parent(client, experiment_id, name)
+    if oldest != run_id:
+        client.delete_run(run_id)
+        return oldest
+    Run(client, run_id).log_params(params)
+    return run_id
+
+
+def child_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
+    return client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+        max_results=50000,
+    )
+
+
+def latest_finished(runs: list[Any]) -> dict[tuple[str, int, str], Any]:
+    """(variant, seed, overrides_sha) -> the most recent FINISHED child run."""
+    done: dict[tuple[str, int, str], Any] = {}
+    for run in sorted(runs, key=lambda r: r.info.end_time or 0):
+        tags = run.data.tags
+        if run.info.status == "FINISHED" and "variant" in tags and "seed" in tags:
+            done[(tags["variant"], int(tags["seed"]), tags.get("overrides_sha", ""))] = run
+    return done
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def _cli_overrides() -> list[str]:
+    """The command line's overrides when running under @hydra.main, else none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _child_config(
+    child: Child, tracking: TrackingConfig, name: str, ablation: AblationConfig
+) -> RunConfig:
+    cfg = compose(list(child.overrides))
+    tags = {
+        **tracking.tags,
+        PARENT_TAG: name,
+        "variant": child.variant,
+        "seed": str(child.seed),
+        "overrides_sha": child.sha,
+    }
+    run_tracking = dataclasses.replace(
+        tracking,
+        run_name=f"{name}/{child.variant}/seed{child.seed}",
+        tags=tags,
+    )
+    # The child logs which ablation it belongs to among its params, not empty defaults.
+    return dataclasses.replace(cfg, tracking=run_tracking, ablation=ablation)
+
+
+def _with_parent(cfg: RunConfig, parent_id: str | None) -> RunConfig:
+    return dataclasses.replace(
+        cfg, tracking=dataclasses.replace(cfg.tracking, parent_run_id=parent_id)
+    )
+
+
+def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None):
+    """Run the ablation `cfg.ablation` (resuming its parent run), summarise, print the table.
+
+    `overrides`: extra overrides for every child; by default the command line's own (minus
+    stage/ablation/tracking ones), so `python -m pipeline stage=ablate ... train.threads=2`
+    reaches every child."""
+    ablation = cfg.ablation
+    name = ablation.name or "ablation"
+    passthrough = passthrough_overrides(_cli_overrides() if overrides is None else overrides)
+    variants = [v.name for v in build_variants(ablation)]
+    children = plan_children(ablation, passthrough)
+    tracking = cfg.tracking
+    # Compose every child before any run starts: a typo in a component fails now, in one line.
+    configs = {child: _child_config(child, tracking, name, ablation) for child in children}
+    parent_id, done = None, {}
+    if tracking.enabled:
+        client, experiment_id = client_and_experiment(tracking)
+        parent_id = find_parent(client, experiment_id, name)
+        if parent_id is None:
+            params = {
+                **flatten({"ablation": dataclasses.asdict(ablation)}),
+                "ablation.passthrough": passthrough,
+            }
+            parent_id = create_parent(client, experiment_id, name, params)
+        else:
+            log.info("resuming ablation %r: parent run %s", name, parent_id)
+        done = latest_finished(child_runs(client, experiment_id, parent_id))
+
+    todo = [c for c in children if (c.variant, c.seed, c.sha) not in done]
+    configs = [_with_parent(configs[child], parent_id) for child in todo]
+    narrowed = f" (this job: {len(children)} of them)" if ablation.narrowed else ""
+    print(
+        f"ablation {name!r} ({ablation.mode}): {len(variants)} variants x "
+        f"{len(ablation.seed_list)} seeds{narrowed}; {len(children) - len(todo)} of "
+        f"{len(children)} runs already finished, {len(todo)} to run; "
+        f"parent run {parent_id or '(tracking off)'}"
+    )
+    if len(ablation.seed_list) < MIN_MEANINGFUL_PAIRS:
+        print(
+            f"warning: ablation.seeds={ablation.seeds}: with fewer than {MIN_MEANINGFUL_PAIRS} "
+            "seeds per variant neither the CI nor p of the comparison means much"
+        )
+    if ablation.dry_run:
+        for child in todo:
+            print(f"  would run {child.variant} seed {child.seed}: {' '.join(child.overrides)}")
+        if done:  # the table so far, from what already finished (nothing is logged)
+            rows = _finished_rows(client, experiment_id, parent_id, children)
+            print("\n" + "\n".join(_summarize(ablation, name, variants, rows)[1:]))
+        return None
+    if ablation.narrowed or not tracking.enabled:
+        # Parallel narrowed jobs share the parent: only the summarising run opens and ends it.
+        parent_ctx = nullcontext(Run())
+    else:
+        parent_ctx = start_run(tracking, run_id=parent_id)  # Ctrl-C marks the parent KILLED
+    with parent_ctx as parent:
+        rows, failures = _run_children(todo, configs, tracking, out_dir)
+        if ablation.narrowed:
+            print(
+                "narrowed run done; rerun without ablation.only_variant/only_seed to summarise "
+                "(finished children are skipped)"
+            )
+            _raise_if_failed(failures)
+            return None
+        if tracking.enabled:
+            rows = _finished_rows(client, experiment_id, parent_id, children)
+        summaries, header, table = _summarize(ablation, name, variants, rows)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "ablation.md").write_text(f"{header}\n{table}\n")
+        write_csv(summaries, out_dir / "ablation.csv", ablation.metric)
+        plot_summary(summaries, out_dir / "ablation.png", ablation.metric, f"ablation {name}")
+        for artifact in ("ablation.md", "ablation.csv", "ablation.png"):
+            parent.log_artifact(out_dir / artifact)
+        parent.log_metrics(_parent_metrics(summaries, ablation.metric))
+        parent.set_tags({"failed_children": len(failures)})
+        print(f"\n{header}\n{table}\n", flush=True)
+        _raise_if_failed(failures)  # inside: the parent ends FAILED, with the table logged
+    return summaries
+
+
+def _finished_rows(client: Any, experiment_id: str, parent_id: str, children: list[Child]):
+    """Metrics of the latest FINISHED child per (variant, seed) that ran today's overrides."""
+    current = {(c.variant, c.seed, c.sha) for c in children}
+    finished = latest_finished(child_runs(client, experiment_id, parent_id))
+    return [_row(run) for key, run in finished.items() if key in current]
+
+
+def _summarize(ablation, name: str, variants: list[str], rows: list[dict]):
+    summaries = summarize_variants(rows, variants, ablation.metric, BASELINE, ablation.bootstrap)
+    header = (
+        f"# Ablation `{name}` ({ablation.mode})\n\n"
+        f"Seeds {ablation.seed_list}. {table_legend(summaries, ablation.metric, BASELINE)}\n"
+    )
+    return summaries, header, format_table(summaries, ablation.metric)
+
+
+def _run_children(
+    todo: list[Child], configs: list[RunConfig], tracking: TrackingConfig, out_dir: Path
+) -> tuple[list[dict], list[str]]:
+    """Train each child in this process; a failure is recorded and the rest still run."""
+    import torch
+
+    rows, failures = [], []
+    for i, (child, child_cfg) in enumerate(zip(todo, configs, strict=True), 1):
+        print(f"[{i}/{len(todo)}] {child.variant} seed {child.seed}", flush=True)
+        try:
+            with PeakMemory(cuda=_cuda_device(child_cfg, torch)) as peak:
+                result = train_command.run_train(
+                    child_cfg, out_dir / child.variant / f"seed{child.seed}"
+                )
+        except (PipelineError, RuntimeError, ValueError) as exc:
+            # Its run is already marked FAILED; rerunning the ablation retries just this one.
+            failures.append(f"{child.variant} seed {child.seed}: {exc}")
+            log.error("child %s seed %d failed: %s", child.variant, child.seed, exc)
+            continue
+        child_run = Run(_client(tracking), result.run_id) if result.run_id else Run()
+        child_run.log_metrics({"peak_memory_mb": peak.mb})
+        child_run.set_tags({"peak_memory_kind": peak.kind})
+        rows.append(
+            {
+                "variant": child.variant,
+                "seed": child.seed,
+                **result.test_metrics,
+                "best_epoch": result.fit.best_epoch + 1,
+                "train_seconds": result.fit.train_seconds,
+                "peak_memory_mb": peak.mb,
+            }
+        )
+    return rows, failures
+
+
+def _client(tracking: TrackingConfig) -> Any:
+    return mlflow_client(tracking.uri)
+
+
+def _cuda_device(cfg: RunConfig, torch: Any) -> str | None:
+    device = cfg.train.device
+    if device.startswith("cuda"):
+        return device
+    return "cuda" if device == "auto" and torch.cuda.is_available() else None
+
+
+def _row(run: Any) -> dict:
+    tags, metrics = run.data.tags, run.data.metrics
+    return {
+        "variant": tags["variant"],
+        "seed": int(tags["seed"]),
+        "sha": tags.get("overrides_sha", ""),
+        "run_id": run.info.run_id,
+        **{k: metrics[k] for k in METRICS if k in metrics},
+    }
+
+
+def _parent_metrics(summaries, metric: str) -> dict[str, float]:
+    out = {}
+    for s in summaries:
+        for key in dict.fromkeys([metric, "test/f1_macro"]):
+            out[f"{s.variant}/{key}_mean"] = s.mean[key]
+            out[f"{s.variant}/{key}_std"] = s.std[key]
+        if s.paired is not None:
+            out[f"{s.variant}/delta"] = s.delta
+            out[f"{s.variant}/p_value"] = s.paired.p_value
+    return {k: v for k, v in out.items() if v == v}  # MLflow rejects nothing, but NaN is noise
+
+
+def _raise_if_failed(failures: list[str]) -> None:
+    if failures:
+        raise TrainingError(
+            f"{len(failures)} ablation run(s) failed (first: {failures[0]}); rerun the same "
+            "command to retry only those"
+        )

@@ -1,0 +1,97 @@
+"""stage=lr_find: LR range test on the training config, before training.
+
+Builds the model and training data exactly as stage=train would, sweeps the learning rate
+(lr_find.*), and logs the loss-vs-LR plot and the suggested optim.lr to a new MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+import torch
+
+from pipeline.config import RunConfig
+from pipeline.data.augment import build_train_transform
+from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
+from pipeline.data.splits import run_splits
+from pipeline.evaluation.visualize import plot_lr_find
+from pipeline.models.classifier import build_model
+from pipeline.repro import seed_everything, set_deterministic
+from pipeline.tracking.runs import flatten, run_name_for, start_run
+from pipeline.tracking.store import check_store
+from pipeline.training.finetune import apply_finetune
+from pipeline.training.loop import Batches
+from pipeline.training.lr_find import LRFindResult, lr_range_test
+from pipeline.training.optim import build_optimizer
+from pipeline.training.precision import resolve_amp, resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    check_store(cfg.tracking)  # before the data and model: a bad tracking.uri fails now
+    seed_everything(cfg.seed)
+    set_deterministic(cfg.train.deterministic)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    splits = run_splits(cfg.data, cfg.seed)
+    model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
+    apply_finetune(model, cfg.finetune)
+    crop_pct = cfg.augment.crop_pct or spec.crop_pct
+    transform = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
+    loader = build_loader(
+        ImageDataset(splits.train, transform, round(spec.img_size / crop_pct)),
+        cfg.data.batch_size,
+        train=True,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.seed,
+        pin_memory=device.type == "cuda",
+    )
+    model.to(device)
+    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, False)
+    optimizer = build_optimizer(model, cfg.optim)
+    result = lr_range_test(
+        model,
+        loader,
+        optimizer,
+        batches,
+        cfg.lr_find,
+        resolve_amp(cfg.train.amp, device),
+        reference_lr=cfg.optim.lr,
+    )
+
+    curve = out_dir / "lr_find.csv"
+    with open(curve, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["lr", "loss", "smoothed_loss"])
+        writer.writerows(zip(result.lrs, result.losses, result.smoothed, strict=True))
+    plot = plot_lr_find(
+        result.lrs, result.losses, result.smoothed, result.suggested_lr, out_dir / "lr_find.png"
+    )
+    tags = {"stage": "lr_find", "backbone": cfg.backbone.name}
+    with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "lr_find")) as run:
+        run.log_params({**flatten(cfg.to_dict()), "weights_source": weights.source})
+        metrics = {"lr_find/steps_run": len(result.lrs)}
+        if math.isfinite(result.suggested_lr):
+            metrics["lr_find/suggested_lr"] = result.suggested_lr
+        run.log_metrics(metrics)
+        run.log_artifact(plot)
+        run.log_artifact(curve)
+
+    ended = "diverged" if result.stopped_early else "reached lr_find.end_lr"
+    print(f"LR range test: {len(result.lrs)} steps from {cfg.lr_find.start_lr:.0e}, {ended}")
+    if math.isfinite(result.suggested_lr):
+        print(
+            f"suggested optim.lr={result.suggested_lr:.2e} "
+            "(2/3 along the longest fall of the smoothed loss)"
+        )
+    else:
+        print("no suggestion: the loss never fell; lower lr_find.start_lr or check the data")
+    print(f"plot: {plot}" + (f"  (run {run.run_id})" if run.run_id else ""))
+    return result

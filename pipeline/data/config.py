@@ -1,0 +1,62 @@
+"""Settings of the data source, split and loading (conf/data): `DataConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.errors import ConfigError
+
+SPLITS = ("train", "val", "test")
+
+
+SOURCES = ("digits", "folder", "csv", "cifar10", "cifar100")
+
+
+SAMPLERS = ("shuffle", "weighted")
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"  # digits | folder | csv | cifar10 | cifar100
+    root: str | None = None  # folder: the image folder; csv: the CSV; cifar*: archive folder
+    val_fraction: float = 0.2  # of all labelled images, carved out for early stopping
+    test_fraction: float = 0.2  # held out; never seen in training or model selection
+    batch_size: int = 64
+    eval_batch_size: int | None = None  # None: 2 x batch_size
+    num_workers: int | None = None  # None: chosen from the CPU count
+    on_bad_image: str = "skip"  # skip | error
+    kfold: int = 0  # K >= 2: K-fold cross-validation over train+val; the test split stays out
+    fold: int | None = None  # with kfold: this one fold (0..K-1); the k-fold job sets it per fold
+    sampler: str = "shuffle"  # shuffle | weighted (classes drawn equally often, with replacement)
+    # Decode every image file once and keep the uint8 arrays in RAM: later epochs skip JPEG
+    # decoding, which is most of the loader's work. For datasets that fit in memory.
+    cache_images: bool = False
+
+    def __post_init__(self) -> None:
+        if self.root == "???":  # Hydra's mark for a value the config leaves to the command line
+            self.root = None
+        if self.name not in SOURCES:
+            raise ConfigError(f"data.name={self.name!r} is not one of: {', '.join(SOURCES)}")
+        if self.kfold < 0 or self.kfold == 1:
+            raise ConfigError(f"data.kfold must be 0 (off) or >= 2, got {self.kfold}")
+        if self.fold is not None and not (self.kfold >= 2 and 0 <= self.fold < self.kfold):
+            raise ConfigError(
+                f"data.fold={self.fold} needs data.kfold=K >= 2 and 0 <= data.fold < K"
+                f" (data.kfold={self.kfold})"
+            )
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"data.sampler must be one of: {', '.join(SAMPLERS)}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1):
+            raise ConfigError("data.val_fraction and data.test_fraction must be in [0, 1)")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(
+                "data.val_fraction + data.test_fraction must leave images to train on"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"data.batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ConfigError(f"data.eval_batch_size must be >= 1, got {self.eval_batch_size}")
+        if self.num_workers is not None and self.num_workers < 0:
+            raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        if self.on_bad_image not in ("skip", "error"):
+            raise ConfigError("data.on_bad_image must be 'skip' or 'error'")

@@ -1,0 +1,22 @@
+"""Settings of MLflow tracking (conf/tracking): `TrackingConfig`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    pass
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"  # for experiments this store creates
+    experiment: str = "default"
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    # Nest this run under another (ablation and search children); set as `mlflow.parentRunId`
+    # explicitly so it works from any process, not only inside an active parent.
+    parent_run_id: str | None = None

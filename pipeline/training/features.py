@@ -1,0 +1,182 @@
+"""Cached backbone features for frozen-backbone training (`train.cache_features=true`).
+
+With a frozen backbone and no augmentation, every epoch feeds the backbone the same pixels
+and gets the same features back. Computing them once per split and training the head on
+the cached tensors turns a linear probe into a few matrix multiplies per epoch.
+
+The head is trained through the ordinary `fit` loop: `HeadOnFeatures` wraps the classifier so
+that `fit` sees a model that takes features, while checkpoints hold the whole classifier's
+state dict (loadable like any other), and `FeatureLoader` yields feature batches in exactly
+the order the image loader would have yielded the images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, RandomSampler
+
+from pipeline.data.loader import EpochSampler
+from pipeline.errors import ConfigError
+from pipeline.models.classifier import Classifier
+from pipeline.training.loop import Batches
+from pipeline.training.precision import autocast
+
+
+def check_cache_features(
+    cache_features: bool,
+    strategy: str,
+    augment_preset: str,
+    world_size: int = 1,
+    *,
+    mixing: bool = False,
+    sampler: str = "shuffle",
+) -> None:
+    """Caching is exact only when the backbone and its input are the same every epoch."""
+    if not cache_features:
+        return
+    if strategy != "frozen" or augment_preset != "none" or mixing:
+        raise ConfigError(
+            "train.cache_features=true needs finetune=frozen, augment=none and no mixup/cutmix "
+            f"(got finetune={strategy}, augment={augment_preset}"
+            + (", augment.mixup_alpha/cutmix_alpha > 0)" if mixing else ")")
+        )
+    if sampler != "shuffle":
+        raise ConfigError(
+            f"train.cache_features=true shuffles uniformly: it cannot use data.sampler={sampler}"
+        )
+    if world_size > 1:
+        # Every rank would extract and train on the whole set, unsynchronised: N times the
+        # work for one head, which one process trains in seconds anyway.
+        raise ConfigError(
+            f"train.cache_features=true trains the head in one process, not {world_size}: "
+            "run it without torchrun"
+        )
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module, loader: DataLoader, batches: Batches, amp_dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (N, D) as float32 and labels (N,), in the loader's order, on the device.
+
+    `no_grad`, not `inference_mode`: inference tensors could not be saved for the head's
+    backward pass later."""
+    was_training = backbone.training
+    backbone.eval()
+    features, labels = [], []
+    for images, targets in loader:
+        x, y = batches(images, targets)
+        with autocast(batches.device, amp_dtype):
+            features.append(backbone(x).float())
+        labels.append(y)
+    backbone.train(was_training)
+    return torch.cat(features), torch.cat(labels)
+
+
+class FeatureLoader:
+    """Batches of cached (features, labels), shuffled like `build_loader` would shuffle.
+
+    The same `EpochSampler` over the same seeded generator draws the same permutation as the
+    image loader each epoch, so cached and uncached runs see identical batches; each batch
+    is then one gather on the device instead of per-sample collation."""
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        train: bool,
+        seed: int,
+    ):
+        self.features, self.labels, self.batch_size = features, labels, batch_size
+        n = len(labels)
+        # `sampler`, as on a DataLoader: fit calls its set_epoch. None: in order (eval).
+        self.sampler = None
+        if train:
+            order = torch.Generator()  # reseeded each epoch by the EpochSampler
+            self.sampler = EpochSampler(
+                RandomSampler(range(n), generator=order), seed, order, with_seeds=False
+            )
+        self.drop_last = train and n > batch_size
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        if self.sampler is not None:
+            order = torch.tensor(list(self.sampler), dtype=torch.long)
+        else:
+            order = torch.arange(len(self.labels))
+        # One host-to-device copy per epoch: a copy from pageable memory per batch would
+        # wait for the GPU to finish each step first.
+        order = order[: len(self) * self.batch_size].to(self.features.device)  # drop_last
+        for index in order.split(self.batch_size):
+            yield self.features[index], self.labels[index]
+
+
+@dataclass
+class FeatureBatches:
+    """The `Batches` role for cached features: they are already normalised and on the device."""
+
+    device: torch.device
+
+    def __call__(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return features.to(self.device, non_blocking=True), labels.to(
+            self.device, non_blocking=True
+        )
+
+
+class HeadOnFeatures(nn.Module):
+    """The classifier's head applied to cached features. Its state dict is the whole
+    classifier's, so best-epoch checkpoints and restores work as in uncached training."""
+
+    def __init__(self, classifier: Classifier):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier.head(features)
+
+    def state_dict(self, *args, **kwargs):
+        return self.classifier.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        return self.classifier.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def cached_feature_loaders(
+    model: Classifier,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    batches: Batches,
+    amp_dtype: torch.dtype | None,
+    seed: int,
+) -> tuple[HeadOnFeatures, FeatureLoader, FeatureLoader, FeatureBatches]:
+    """Run the backbone once over train and val; return what `fit` needs to train the head.
+
+    The train split is read in order here (one pass, no shuffling); the returned train loader
+    shuffles with `seed` and the train loader's batch size, as the image loader does."""
+    in_order = DataLoader(
+        train_loader.dataset,
+        batch_size=val_loader.batch_size,
+        num_workers=train_loader.num_workers,
+        pin_memory=train_loader.pin_memory,
+        # Its own generator: a loader without one draws from the global torch RNG, which
+        # would shift the head's dropout masks away from the uncached run's.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    train_x, train_y = extract_features(model.backbone, in_order, batches, amp_dtype)
+    val_x, val_y = extract_features(model.backbone, val_loader, batches, amp_dtype)
+    return (
+        HeadOnFeatures(model),
+        FeatureLoader(train_x, train_y, train_loader.batch_size, train=True, seed=seed),
+        FeatureLoader(val_x, val_y, val_loader.batch_size, train=False, seed=seed),
+        FeatureBatches(batches.device),
+    )

@@ -1,0 +1,108 @@
+"""Optimizers with per-group learning rates and no weight decay on norms and biases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from pipeline.models.layer_groups import backbone_stages
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
+    lr: float = 1e-3  # head learning rate; backbone gets lr * backbone_lr_mult
+    weight_decay: float = 0.05  # L2 (decoupled for adamw); never applied to norms and biases
+    momentum: float = 0.9  # sgd, rmsprop
+    nesterov: bool = True  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
+    backbone_lr_mult: float = 1.0  # discriminative LR: < 1 keeps pretrained features closer
+    layer_decay: float = 1.0  # < 1: a backbone stage d stages below the head gets lr * decay**d
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optim.name={self.name!r} is not one of: {', '.join(OPTIMIZERS)}")
+        if self.lr <= 0:
+            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.backbone_lr_mult < 0:
+            raise ConfigError(f"optim.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
+        if not 0 < self.layer_decay <= 1:
+            raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
+        self.betas = tuple(self.betas)
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
+    """Trainable parameters split by (backbone|head) x (decay|no decay).
+
+    1-D tensors (norm scales, biases) get no weight decay: shrinking them towards zero
+    only fights the normalisation, it does not regularise. With `layer_decay` < 1 the
+    backbone is further split by stage (timm's grouping, `pipeline/models/layer_groups.py`): the stage
+    just below the head gets lr * backbone_lr_mult * decay, the one below that decay**2..."""
+    depth = _distance_from_head(model) if cfg.layer_decay != 1.0 else {}
+    groups: dict[tuple[str, bool], tuple[float, list[nn.Parameter]]] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        part, scale = "head", 1.0
+        if name.startswith("backbone."):
+            part, scale = "backbone", cfg.backbone_lr_mult
+            if depth:
+                distance, stage = depth[name.removeprefix("backbone.")]
+                part, scale = f"backbone/stage{stage:02d}", scale * cfg.layer_decay**distance
+        groups.setdefault((part, param.ndim > 1), (scale, []))[1].append(param)
+    result = []
+    for (part, decay), (scale, params) in sorted(groups.items()):
+        result.append(
+            {
+                "params": params,
+                "lr": cfg.lr * scale,
+                "weight_decay": cfg.weight_decay if decay else 0.0,
+                "name": f"{part}/{'decay' if decay else 'no_decay'}",
+            }
+        )
+    return result
+
+
+def _distance_from_head(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """Backbone parameter name -> (stages between it and the head, its stage index)."""
+    stages = backbone_stages(model.backbone)
+    return {
+        name: (len(stages) - index, index) for index, names in enumerate(stages) for name in names
+    }
+
+
+def transfer_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:
+    """Carry momentum / Adam moments over to a rebuilt optimizer for the parameters in both
+    (the head keeps its state when a fine-tuning strategy unfreezes more of the backbone)."""
+    kept = {p for group in new.param_groups for p in group["params"]}
+    for param, state in old.state.items():
+        if param in kept:
+            new.state[param] = state
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg)
+    if not groups:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.Adagrad(groups, lr=cfg.lr)
