@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.commands.runtime import HydraRuntime
 from pipeline.config import CONF_DIR, compose, run_config_from_dict
 from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
 from pipeline.signals import sigterm_as_interrupt
@@ -21,10 +22,23 @@ from pipeline.tracking.credentials import redact_files
 from pipeline.training import distributed
 
 
-def _redact_hydra_records() -> None:
+def _hydra_runtime(hydra_cfg: DictConfig) -> HydraRuntime:
+    """Hydra's runtime config (`HydraConfig.get()`), read once, as the value stages take."""
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    num = hydra_cfg.job.get("num")
+    return HydraRuntime(
+        overrides=tuple(hydra_cfg.overrides.task),
+        job_num=int(num) if num is not None else None,
+        swept=frozenset(hydra_cfg.sweeper.get("params") or {}),
+        output_dir=Path(hydra_cfg.runtime.output_dir),
+        multirun=multirun,
+        sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None,
+    )
+
+
+def _redact_hydra_records(hydra_cfg: DictConfig) -> None:
     """Hydra saved the command line (.hydra/*.yaml, a sweep's multirun.yaml) before this
     task began: a tracking.uri's user:password@ comes out of those files first thing."""
-    hydra_cfg = HydraConfig.get()
     files = []
     if hydra_cfg.output_subdir is not None:
         files += (Path(hydra_cfg.runtime.output_dir) / hydra_cfg.output_subdir).glob("*.yaml")
@@ -35,19 +49,19 @@ def _redact_hydra_records() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _run(cfg: DictConfig) -> float | None:
-    from pipeline.commands import STAGE_FUNCTIONS
+    from pipeline.commands import run_stage
 
+    hydra_cfg = HydraConfig.get()
+    runtime = _hydra_runtime(hydra_cfg)
     try:
-        _redact_hydra_records()
+        _redact_hydra_records(hydra_cfg)
         run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
         with sigterm_as_interrupt():  # every stage: a scheduler's kill ends its run KILLED
-            result = STAGE_FUNCTIONS[run_cfg.stage](
-                run_cfg, Path(HydraConfig.get().runtime.output_dir)
-            )
+            result = run_stage(run_cfg, runtime.output_dir, runtime)
         # A sweeper (hparams_search=...) optimises what the task returns: stage=search's objective.
         return result if isinstance(result, float) else None
     except PipelineError as exc:
-        _remove_if_unused(Path(HydraConfig.get().runtime.output_dir))
+        _remove_if_unused(runtime)
         # SystemExit passes through Hydra's error reporting untouched: one line, exit 1.
         raise SystemExit(f"error: {exc}") from None
     except Exception as exc:  # a full disk under any write the stages do not map themselves
@@ -67,14 +81,13 @@ def _run(cfg: DictConfig) -> float | None:
 _HYDRA_FILES = (".hydra", "__main__.log")
 
 
-def _remove_if_unused(out_dir: Path) -> None:
+def _remove_if_unused(runtime: HydraRuntime) -> None:
     """A command that failed before writing anything leaves no outputs/<date>/<time>/ behind.
 
     Only Hydra's own files and empty folders go; anything a stage wrote (a checkpoint to
     resume from) keeps the folder. Then the date folder and outputs/ go too, if now empty."""
-    from hydra.types import RunMode
-
-    if HydraConfig.get().mode != RunMode.RUN or not out_dir.is_dir():
+    out_dir = runtime.output_dir
+    if runtime.multirun or out_dir is None or not out_dir.is_dir():
         return  # a multirun's job folders belong to its sweep
     written = [
         p

@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.commands.ablate import run_ablate
+from pipeline.commands.runtime import HydraRuntime
 from pipeline.config import AblationConfig, compose
 from pipeline.errors import TrainingError
 from tests.conftest import tiny_overrides, write_image_folder
@@ -37,6 +38,7 @@ def ablation_setup(mlflow_uri, tmp_path_factory):
         "data.batch_size=8",
     ]
     cfg = compose(["stage=ablate", *overrides])
+    runtime = HydraRuntime(overrides=tuple(overrides))  # as the command line would give them
     ablation = AblationConfig(
         name="tiny",
         baseline=["head=mlp", "head.hidden=16", "head.dropout=0.3"],
@@ -59,7 +61,7 @@ def ablation_setup(mlflow_uri, tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(train_stage, "run_train", counting)
         with pytest.raises(TrainingError, match=r"1 ablation run.*no_dropout seed 1: training"):
-            run_ablate(cfg, tmp / "out1", overrides)
+            run_ablate(cfg, tmp / "out1", runtime)
         experiment = client.get_experiment_by_name("tests-ablate").experiment_id
         first = {
             "trained": list(trained),
@@ -70,9 +72,9 @@ def ablation_setup(mlflow_uri, tmp_path_factory):
         }
         trained.clear()
         fail.clear()
-        summaries = run_ablate(cfg, tmp / "out", overrides)
+        summaries = run_ablate(cfg, tmp / "out", runtime)
         first["retrained"] = list(trained)
-    return cfg, overrides, tmp, summaries, client, experiment, first
+    return cfg, runtime, tmp, summaries, client, experiment, first
 
 
 def _children(client, experiment, parent_id, status=None):
@@ -167,16 +169,16 @@ def test_a_failed_child_is_recorded_and_only_it_reruns(ablation_setup):
 def test_rerun_after_success_trains_nothing(ablation_setup, monkeypatch, capsys):
     import pipeline.commands.train as train_stage
 
-    cfg, overrides, tmp, summaries, *_ = ablation_setup
+    cfg, runtime, tmp, summaries, *_ = ablation_setup
     monkeypatch.setattr(train_stage, "run_train", _explode)
-    again = run_ablate(cfg, tmp / "again", overrides)
+    again = run_ablate(cfg, tmp / "again", runtime)
     out = capsys.readouterr().out
     assert "4 of 4 runs already finished, 0 to run" in out
     assert "warning: ablation.seeds=2: with fewer than 3 seeds per variant" in out
     assert [s.mean["test/acc"] for s in again] == [s.mean["test/acc"] for s in summaries]
     # A dry run lists what would run and prints the table so far; it trains nothing.
     dry = dataclasses.replace(cfg.ablation, seeds=3, dry_run=True)
-    assert run_ablate(dataclasses.replace(cfg, ablation=dry), tmp / "dry", overrides) is None
+    assert run_ablate(dataclasses.replace(cfg, ablation=dry), tmp / "dry", runtime) is None
     out = capsys.readouterr().out
     assert "4 of 6 runs already finished, 2 to run" in out
     assert "would run no_dropout seed 2: head=mlp head.hidden=16 head.dropout=0.3" in out
@@ -186,4 +188,32 @@ def test_rerun_after_success_trains_nothing(ablation_setup, monkeypatch, capsys)
         cfg.ablation, components={"dropout": ["head.dropout=0.1"]}, only_variant="no_dropout"
     )
     with pytest.raises(TrainingError, match="2 ablation run"):
-        run_ablate(dataclasses.replace(cfg, ablation=changed), tmp / "changed", overrides)
+        run_ablate(dataclasses.replace(cfg, ablation=changed), tmp / "changed", runtime)
+
+
+def test_command_line_overrides_reach_every_child_through_the_hydra_runtime(tmp_path):
+    """`__main__` reads Hydra's overrides once and hands them to the stage (HydraRuntime)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "stage=ablate",
+            "ablation=quickstart_components",
+            "ablation.dry_run=true",
+            "ablation.seeds=1",
+            "tracking.enabled=false",
+            "train.threads=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    would_run = [line for line in proc.stdout.splitlines() if "would run" in line]
+    assert len(would_run) == 6
+    assert all(" train.threads=1 " in line for line in would_run)

@@ -150,3 +150,105 @@ def test_type_checking_imports_are_left_out():
 
 def test_a_cycle_is_found():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+# --- what modules may import from dependencies ------------------------------------------------
+
+ROOT = PIPELINE.parent
+# Private MLflow names (`mlflow.x._y`, `_f`, `Cls._attr`) live in one wrapper, which says why.
+MLFLOW_WRAPPER = "pipeline.tracking.mlflow_internals"
+
+
+def _private(name: str) -> bool:
+    return any(part.startswith("_") and not part.startswith("__") for part in name.split("."))
+
+
+def private_mlflow_uses(source: str) -> list[tuple[int, str]]:
+    """(line, name) for each private MLflow name `source` imports or reaches: in an import,
+    or as an attribute (or a getattr string) of a name bound by an mlflow import."""
+    tree = ast.parse(source)
+    bound, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "mlflow":
+                    bound.add((alias.asname or alias.name).split(".")[0])
+                    if _private(alias.name):
+                        found.append((node.lineno, alias.name))
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "mlflow":
+            for alias in node.names:
+                bound.add(alias.asname or alias.name)
+                if _private(f"{node.module}.{alias.name}"):
+                    found.append((node.lineno, f"{node.module}.{alias.name}"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _private(node.attr):
+            root = node.value
+            while isinstance(root, ast.Attribute):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id in bound:
+                found.append((node.lineno, ast.unparse(node)))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("getattr", "hasattr", "setattr")
+            and len(node.args) >= 2
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id in bound
+            and isinstance(node.args[1], ast.Constant)
+            and _private(str(node.args[1].value))
+        ):
+            found.append((node.lineno, f"{node.args[0].id}.{node.args[1].value}"))
+    return found
+
+
+def _project_sources() -> dict[str, str]:
+    paths = [*PIPELINE.rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]
+    paths += (ROOT / "benchmarks").rglob("*.py")
+    return {module_name(p) if p.is_relative_to(PIPELINE) else str(p): p.read_text() for p in paths}
+
+
+def test_private_mlflow_names_are_used_only_in_the_wrapper():
+    uses = {
+        f"{module}:{line} {name}"
+        for module, source in _project_sources().items()
+        if module != MLFLOW_WRAPPER
+        for line, name in private_mlflow_uses(source)
+    }
+    assert uses == set()
+
+
+def test_a_private_mlflow_name_is_found_however_it_is_reached():
+    source = (
+        "def f():\n"
+        "    import mlflow\n"
+        "    from mlflow.tracking._tracking_service.utils import _use_tracking_uri\n"
+        "    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore as S\n"
+        "    getattr(S, '_engine_map', {})\n"
+        "    mlflow.tracking._tracking_service\n"
+        "    mlflow.start_run()\n"
+    )
+    assert [line for line, _ in private_mlflow_uses(source)] == [3, 5, 6]
+
+
+def test_only_main_reads_hydras_runtime_globals():
+    """Stages take a commands.runtime.HydraRuntime that __main__ builds, not HydraConfig."""
+    readers = [
+        module
+        for module, source in _project_sources().items()
+        if module != "pipeline.__main__"
+        and any(
+            name == "hydra.core.hydra_config" or name.endswith("HydraConfig")
+            for _, name in _hydra_imports(source)
+        )
+    ]
+    assert readers == []
+
+
+def _hydra_imports(source: str) -> list[tuple[int, str]]:
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("hydra")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hydra"):
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found

@@ -17,6 +17,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
+from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
 from pipeline.config import CONF_DIR, SearchConfig, compose, run_config_from_dict
 from pipeline.errors import ConfigError
@@ -70,7 +71,7 @@ def test_objective_is_the_kept_epochs_validation_metric():
 
 @pytest.mark.slow
 def test_trials_nest_under_one_study_parent_that_keeps_the_best(
-    tiny_cfg, image_folder, mlflow_uri, tmp_path, monkeypatch
+    tiny_cfg, image_folder, mlflow_uri, tmp_path
 ):
     cfg = tiny_cfg(
         "stage=search",
@@ -84,11 +85,12 @@ def test_trials_nest_under_one_study_parent_that_keeps_the_best(
     )
     values = []
     for trial, lr in enumerate(("1e-3", "1e-12")):
-        monkeypatch.setattr(
-            "pipeline.commands.search._trial_overrides",
-            lambda t=trial, lr=lr: (t, [f"optim.lr={lr}", "train.epochs=1"], {"optim.lr"}),
+        runtime = HydraRuntime(  # as a sweep's job would get it
+            overrides=(f"optim.lr={lr}", "train.epochs=1"),
+            job_num=trial,
+            swept=frozenset({"optim.lr"}),
         )
-        values.append(run_search(cfg, tmp_path / f"trial{trial}"))
+        values.append(run_search(cfg, tmp_path / f"trial{trial}", runtime))
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("tests-search").experiment_id
     [parent] = client.search_runs([experiment], "tags.stage = 'search' and tags.study = 's1'")

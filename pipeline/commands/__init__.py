@@ -3,8 +3,12 @@ from tests. `trained_run` rebuilds a trained model for the commands after traini
 
 Top of the layering: commands may import every package; nothing in pipeline/ imports them
 (except `__main__`). Stage names live in one place, `pipeline.config.STAGES` (validated there);
-stage `x` runs `run_x`.
+stage `x` runs `run_x`. The stages that need Hydra's view of the job (the command line, the
+sweep) also take a `runtime.HydraRuntime`, which `__main__` reads once.
 """
+
+from pathlib import Path
+from typing import Any
 
 from pipeline.commands.ablate import run_ablate
 from pipeline.commands.download import run_download
@@ -12,10 +16,11 @@ from pipeline.commands.evaluate import run_evaluate
 from pipeline.commands.export import run_export
 from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.predict import run_predict
+from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
 from pipeline.commands.train import run_train
 from pipeline.commands.visualize import run_visualize
-from pipeline.config import STAGES
+from pipeline.config import STAGES, RunConfig
 
 _COMMANDS = {
     command.__name__: command
@@ -32,3 +37,12 @@ _COMMANDS = {
     )
 }
 STAGE_FUNCTIONS = {stage: _COMMANDS[f"run_{stage}"] for stage in STAGES}
+RUNTIME_STAGES = {"ablate", "search"}  # the others take (cfg, out_dir) alone
+
+
+def run_stage(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime) -> Any:
+    """Run `cfg.stage`, handing `runtime` to the stages that use it."""
+    command = STAGE_FUNCTIONS[cfg.stage]
+    if cfg.stage in RUNTIME_STAGES:
+        return command(cfg, out_dir, runtime)
+    return command(cfg, out_dir)

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.commands import train as train_command  # run_train looked up per call
+from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.config import RunConfig, compose
 from pipeline.errors import PipelineError, TrainingError
 from pipeline.experiments.ablation import (
     BASELINE,
-    AblationConfig,
     Child,
     build_variants,
     passthrough_overrides,
@@ -38,7 +38,8 @@ from pipeline.experiments.compare import (
     write_csv,
 )
 from pipeline.tracking.config import TrackingConfig
-from pipeline.tracking.runs import Run, client_and_experiment, flatten, start_run
+from pipeline.tracking.parents import ParentRun, child_tracking, find_or_create_parent
+from pipeline.tracking.runs import Run, flatten, start_run
 from pipeline.tracking.store import mlflow_client
 
 log = logging.getLogger(__name__)
@@ -87,39 +88,6 @@ class PeakMemory:
 # --- MLflow bookkeeping ---------------------------------------------------------------------
 
 
-def find_parent(client: Any, experiment_id: str, name: str) -> str | None:
-    """The oldest parent run with this ablation name (the one every process agrees on)."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{PARENT_TAG} = '{name}' and tags.stage = 'ablate'",
-        order_by=["attributes.start_time ASC"],
-    )
-    runs = sorted(runs, key=lambda r: (r.info.start_time, r.info.run_id))
-    return runs[0].info.run_id if runs else None
-
-
-def create_parent(client: Any, experiment_id: str, name: str, params: dict[str, Any]) -> str:
-    """Create the parent, then defer to an older one if a parallel job won the race."""
-    run = client.create_run(
-        experiment_id, tags={PARENT_TAG: name, "stage": "ablate"}, run_name=f"ablation/{name}"
-    )
-    run_id = run.info.run_id
-    oldest = find_parent(client, experiment_id, name)
-    if oldest != run_id:
-        client.delete_run(run_id)
-        return oldest
-    Run(client, run_id).log_params(params)
-    return run_id
-
-
-def child_runs(client: Any, experiment_id: str, parent_id: str) -> list[Any]:
-    return client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
-        max_results=50000,
-    )
-
-
 def latest_finished(runs: list[Any]) -> dict[tuple[str, int, str], Any]:
     """(variant, seed, overrides_sha) -> the most recent FINISHED child run."""
     done: dict[tuple[str, int, str], Any] = {}
@@ -133,69 +101,46 @@ def latest_finished(runs: list[Any]) -> dict[tuple[str, int, str], Any]:
 # --- the stage ------------------------------------------------------------------------------
 
 
-def _cli_overrides() -> list[str]:
-    """The command line's overrides when running under @hydra.main, else none."""
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+def _child_tags(child: Child, name: str) -> dict[str, str]:
+    tags = {"variant": child.variant, "seed": str(child.seed), "overrides_sha": child.sha}
+    return {PARENT_TAG: name, **tags}
 
 
-def _child_config(
-    child: Child, tracking: TrackingConfig, name: str, ablation: AblationConfig
-) -> RunConfig:
-    cfg = compose(list(child.overrides))
-    tags = {
-        **tracking.tags,
-        PARENT_TAG: name,
-        "variant": child.variant,
-        "seed": str(child.seed),
-        "overrides_sha": child.sha,
-    }
-    run_tracking = dataclasses.replace(
-        tracking,
-        run_name=f"{name}/{child.variant}/seed{child.seed}",
-        tags=tags,
-    )
+def _child_config(composed: RunConfig, child: Child, cfg: RunConfig, parent: Run) -> RunConfig:
+    """The child's composed config, tracked (as the ablation is) as a child of `parent`."""
+    name = cfg.ablation.name or "ablation"
+    run_name = f"{name}/{child.variant}/seed{child.seed}"
+    tracking = child_tracking(cfg.tracking, parent, run_name, _child_tags(child, name))
     # The child logs which ablation it belongs to among its params, not empty defaults.
-    return dataclasses.replace(cfg, tracking=run_tracking, ablation=ablation)
+    return dataclasses.replace(composed, tracking=tracking, ablation=cfg.ablation)
 
 
-def _with_parent(cfg: RunConfig, parent_id: str | None) -> RunConfig:
-    return dataclasses.replace(
-        cfg, tracking=dataclasses.replace(cfg.tracking, parent_run_id=parent_id)
-    )
-
-
-def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None):
+def run_ablate(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA):
     """Run the ablation `cfg.ablation` (resuming its parent run), summarise, print the table.
 
-    `overrides`: extra overrides for every child; by default the command line's own (minus
+    Every child gets the command line's overrides (`runtime.overrides`, minus
     stage/ablation/tracking ones), so `python -m pipeline stage=ablate ... train.threads=2`
     reaches every child."""
     ablation = cfg.ablation
     name = ablation.name or "ablation"
-    passthrough = passthrough_overrides(_cli_overrides() if overrides is None else overrides)
+    passthrough = passthrough_overrides(list(runtime.overrides))
     variants = [v.name for v in build_variants(ablation)]
     children = plan_children(ablation, passthrough)
     tracking = cfg.tracking
     # Compose every child before any run starts: a typo in a component fails now, in one line.
-    configs = {child: _child_config(child, tracking, name, ablation) for child in children}
-    parent_id, done = None, {}
-    if tracking.enabled:
-        client, experiment_id = client_and_experiment(tracking)
-        parent_id = find_parent(client, experiment_id, name)
-        if parent_id is None:
-            params = {
-                **flatten({"ablation": dataclasses.asdict(ablation)}),
-                "ablation.passthrough": passthrough,
-            }
-            parent_id = create_parent(client, experiment_id, name, params)
-        else:
-            log.info("resuming ablation %r: parent run %s", name, parent_id)
-        done = latest_finished(child_runs(client, experiment_id, parent_id))
+    composed = {child: compose(list(child.overrides)) for child in children}
+    params = {
+        **flatten({"ablation": dataclasses.asdict(ablation)}),
+        "ablation.passthrough": passthrough,
+    }
+    parent = find_or_create_parent(
+        tracking, {PARENT_TAG: name, "stage": "ablate"}, f"ablation/{name}", params
+    )
+    parent_id = parent.run_id
+    done = latest_finished(parent.children())
 
     todo = [c for c in children if (c.variant, c.seed, c.sha) not in done]
-    configs = [_with_parent(configs[child], parent_id) for child in todo]
+    configs = [_child_config(composed[c], c, cfg, parent) for c in todo]
     narrowed = f" (this job: {len(children)} of them)" if ablation.narrowed else ""
     print(
         f"ablation {name!r} ({ablation.mode}): {len(variants)} variants x "
@@ -212,7 +157,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
         for child in todo:
             print(f"  would run {child.variant} seed {child.seed}: {' '.join(child.overrides)}")
         if done:  # the table so far, from what already finished (nothing is logged)
-            rows = _finished_rows(client, experiment_id, parent_id, children)
+            rows = _finished_rows(parent, children)
             print("\n" + "\n".join(_summarize(ablation, name, variants, rows)[1:]))
         return None
     if ablation.narrowed or not tracking.enabled:
@@ -220,7 +165,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
         parent_ctx = nullcontext(Run())
     else:
         parent_ctx = start_run(tracking, run_id=parent_id)  # Ctrl-C marks the parent KILLED
-    with parent_ctx as parent:
+    with parent_ctx as opened:
         rows, failures = _run_children(todo, configs, tracking, out_dir)
         if ablation.narrowed:
             print(
@@ -230,25 +175,25 @@ def run_ablate(cfg: RunConfig, out_dir: Path, overrides: list[str] | None = None
             _raise_if_failed(failures)
             return None
         if tracking.enabled:
-            rows = _finished_rows(client, experiment_id, parent_id, children)
+            rows = _finished_rows(parent, children)
         summaries, header, table = _summarize(ablation, name, variants, rows)
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "ablation.md").write_text(f"{header}\n{table}\n")
         write_csv(summaries, out_dir / "ablation.csv", ablation.metric)
         plot_summary(summaries, out_dir / "ablation.png", ablation.metric, f"ablation {name}")
         for artifact in ("ablation.md", "ablation.csv", "ablation.png"):
-            parent.log_artifact(out_dir / artifact)
-        parent.log_metrics(_parent_metrics(summaries, ablation.metric))
-        parent.set_tags({"failed_children": len(failures)})
+            opened.log_artifact(out_dir / artifact)
+        opened.log_metrics(_parent_metrics(summaries, ablation.metric))
+        opened.set_tags({"failed_children": len(failures)})
         print(f"\n{header}\n{table}\n", flush=True)
         _raise_if_failed(failures)  # inside: the parent ends FAILED, with the table logged
     return summaries
 
 
-def _finished_rows(client: Any, experiment_id: str, parent_id: str, children: list[Child]):
+def _finished_rows(parent: ParentRun, children: list[Child]):
     """Metrics of the latest FINISHED child per (variant, seed) that ran today's overrides."""
     current = {(c.variant, c.seed, c.sha) for c in children}
-    finished = latest_finished(child_runs(client, experiment_id, parent_id))
+    finished = latest_finished(parent.children())
     return [_row(run) for key, run in finished.items() if key in current]
 
 

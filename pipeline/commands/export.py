@@ -10,7 +10,6 @@ MLflow's TorchScript path pickles the model and loads it with the deprecated tor
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -28,7 +27,7 @@ from pipeline.evaluation.export import (
     export_torchscript,
     onnx_runner,
 )
-from pipeline.tracking.runs import Run
+from pipeline.tracking.runs import Run, fluent_run
 from pipeline.tracking.store import check_store
 
 log = logging.getLogger(__name__)
@@ -43,20 +42,6 @@ class ExportResult:
     model_uri: str | None
 
 
-@contextlib.contextmanager
-def _fluent_run(tracking_uri: str, run_id: str):
-    """mlflow.<flavor>.log_model only logs to the fluent API's active run: resume ours there.
-
-    MLflow's own `_use_tracking_uri` puts the global URI back exactly as it was (unset stays
-    unset, so MLFLOW_TRACKING_URI keeps working); the public setter cannot do that.
-    """
-    import mlflow
-    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
-
-    with _use_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id):
-        yield mlflow
-
-
 def _log_mlflow_model(
     run: Run, tracking_uri: str, fmt: str, exported, example: np.ndarray, probs, labels
 ) -> str:
@@ -65,7 +50,7 @@ def _log_mlflow_model(
 
     signature = infer_signature(example, probs)
     metadata = {"class_names": labels, "input": "uint8 NHWC RGB", "output": "probs"}
-    with _fluent_run(tracking_uri, run.run_id) as mlflow:
+    with fluent_run(tracking_uri, run.run_id) as mlflow:
         if fmt == "onnx":
             import onnx
             import onnxruntime

@@ -45,7 +45,7 @@ def take_credentials(cfg: TrackingConfig) -> TrackingConfig:
     parts = urlsplit(cfg.uri)
     if parts.username is None and parts.password is None:
         return cfg
-    bare = _redacted(cfg.uri)
+    bare = bare_uri(cfg.uri)
     if parts.scheme not in ("http", "https"):
         if parts.password is None:  # a database user name alone is no secret
             return cfg
@@ -60,7 +60,7 @@ def take_credentials(cfg: TrackingConfig) -> TrackingConfig:
     return dataclasses.replace(cfg, uri=bare)
 
 
-def _redacted(uri: str) -> str:
+def bare_uri(uri: str) -> str:
     """The URI without user:password@, for probes and messages."""
     from urllib.parse import urlsplit, urlunsplit
 

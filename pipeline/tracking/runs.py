@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking.config import TrackingConfig
-from pipeline.tracking.store import _store_error, mlflow_client
+from pipeline.tracking.mlflow_internals import tracking_uri_set
+from pipeline.tracking.store import mlflow_client, store_error
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def start_run(
     except PipelineError:
         raise
     except Exception as exc:  # a store that cannot be created or written, a refused request
-        raise _store_error(cfg.uri, exc) from exc
+        raise store_error(cfg.uri, exc) from exc
     try:
         yield run
     except KeyboardInterrupt:
@@ -215,3 +216,14 @@ def fetch_history(tracking_uri: str, run_id: str) -> list[dict[str, float]]:
         for metric in client.get_metric_history(run_id, name):
             by_step.setdefault(metric.step, {})[name] = metric.value
     return [by_step[step] for step in sorted(by_step) if len(by_step[step]) == 4]
+
+
+@contextmanager
+def fluent_run(tracking_uri: str, run_id: str) -> Iterator[Any]:
+    """Resume run `run_id` of `tracking_uri` as MLflow's fluent active run and yield the
+    `mlflow` module: `mlflow.<flavor>.log_model` logs only to the active run. The global
+    tracking URI is put back as it was afterwards (unset stays unset)."""
+    import mlflow
+
+    with tracking_uri_set(tracking_uri), mlflow.start_run(run_id=run_id):
+        yield mlflow

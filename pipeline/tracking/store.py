@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.tracking.config import TrackingConfig
-from pipeline.tracking.credentials import _redacted
+from pipeline.tracking.credentials import bare_uri
+from pipeline.tracking.mlflow_internals import create_sqlalchemy_store
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def _check_server(uri: str) -> None:
     import urllib.error
     import urllib.request
 
-    shown = _redacted(uri)
+    shown = bare_uri(uri)
     try:
         with urllib.request.urlopen(f"{shown.rstrip('/')}/health", timeout=SERVER_PROBE_TIMEOUT_S):
             pass
@@ -53,10 +54,10 @@ def _check_server(uri: str) -> None:
         ) from exc
 
 
-def _store_error(uri: str, exc: Exception) -> Exception:
-
+def store_error(uri: str, exc: Exception) -> Exception:
+    """The one-line error for a store that cannot be opened or written (password left out)."""
     return ConfigError(
-        f"tracking.uri={_redacted(uri)}: cannot open the MLflow store: {first_line(exc)}"
+        f"tracking.uri={bare_uri(uri)}: cannot open the MLflow store: {first_line(exc)}"
     )
 
 
@@ -98,15 +99,10 @@ def _has_rows(con: Any, tables: set[str], table: str) -> bool:
 def _create_sqlite_store(db: Path) -> None:
     """Make the whole store in a temp file beside `db`, then rename it into place: a
     failure midway leaves no store, never half of one."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
-
     tmp = db.with_name(f".{db.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    tmp_uri = f"sqlite:///{tmp}"
     try:
-        store = _get_sqlalchemy_store(tmp_uri, None)  # as MlflowClient would: tables, Default
-        store.engine.dispose()  # closed before the rename; the temp URI is never used again
-        getattr(SqlAlchemyStore, "_engine_map", {}).pop(tmp_uri, None)
+        # As MlflowClient would (tables, Default experiment), closed before the rename.
+        create_sqlalchemy_store(f"sqlite:///{tmp}")
         os.replace(tmp, db)
     finally:
         for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
@@ -152,7 +148,7 @@ def mlflow_client(uri: str) -> Any:
     except PipelineError:
         raise
     except Exception as exc:  # an unknown scheme, an unwritable folder, a full disk
-        raise _store_error(uri, exc) from exc
+        raise store_error(uri, exc) from exc
 
 
 def _check_creatable(db: Path, uri: str) -> None:
@@ -163,7 +159,7 @@ def _check_creatable(db: Path, uri: str) -> None:
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise ConfigError(
-            f"tracking.uri={_redacted(uri)}: cannot create the MLflow store: {folder} is not "
+            f"tracking.uri={bare_uri(uri)}: cannot create the MLflow store: {folder} is not "
             "a writable folder"
         )
 
@@ -181,4 +177,4 @@ def check_store(cfg: TrackingConfig) -> None:
     try:
         client.get_experiment_by_name(cfg.experiment)
     except Exception as exc:
-        raise _store_error(cfg.uri, exc) from exc
+        raise store_error(cfg.uri, exc) from exc

@@ -1,0 +1,60 @@
+"""Every use of a private MLflow name, in one place (tests/test_tracking.py keeps it so).
+
+MLflow's public API lacks two things this project needs; each function below says which
+private name it leans on, why, and what breaks if a new MLflow removes or changes it. On an
+MLflow upgrade, read this module first.
+
+`import mlflow` costs seconds, so it happens inside the functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def create_sqlalchemy_store(uri: str) -> Any:
+    """Create the database store at `uri` exactly as MlflowClient would on first use (its
+    tables, migrations and the Default experiment), and close its connections.
+
+    Private: `mlflow.tracking._tracking_service.utils._get_sqlalchemy_store` (the public
+    MlflowClient creates a store only lazily, at its first request, and keeps the engine).
+    tracking.store builds a new SQLite store with it in a temp file, then renames it into
+    place; if this name goes, that fails with an ImportError, which store.mlflow_client
+    reports in one line ("cannot open the MLflow store"): every first run on a new SQLite
+    store would fail (tests/test_tracking.py shows it at once).
+    """
+    from mlflow.tracking._tracking_service.utils import _get_sqlalchemy_store
+
+    store = _get_sqlalchemy_store(uri, None)
+    store.engine.dispose()  # closed: the caller renames the file
+    _forget_engine(uri)
+    return store
+
+
+def _forget_engine(uri: str) -> None:
+    """Drop MLflow's cached engine for `uri`: the temp file it points at is renamed away.
+
+    Private: `SqlAlchemyStore._engine_map` (a per-URI engine cache). Read with getattr: if a
+    new MLflow drops the cache there is nothing to forget; if it renames it, a stale engine
+    for a temp URI that is never used again stays in memory (harmless)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    getattr(SqlAlchemyStore, "_engine_map", {}).pop(uri, None)
+
+
+@contextmanager
+def tracking_uri_set(uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API (mlflow.start_run, mlflow.<flavor>.log_model) at `uri` for
+    the block, then put the global URI back exactly as it was.
+
+    Private: `mlflow.tracking._tracking_service.utils._use_tracking_uri`. The public
+    `mlflow.set_tracking_uri` cannot restore an unset URI (unset means MLFLOW_TRACKING_URI
+    or the default), so a process that exports twice, or a test, would keep ours. If this
+    name goes, stage=export fails with an ImportError after exporting the file, before
+    logging the MLflow model."""
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri
+
+    with _use_tracking_uri(uri):
+        yield
