@@ -25,6 +25,7 @@ medians and as medians of each repeat's paired ratio.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -39,24 +40,18 @@ import numpy as np
 import timm
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 from benchmarks.report import emit  # noqa: E402
-from pipeline.data.augment import AugmentConfig, build_train_transform  # noqa: E402
-from pipeline.data.decode import cache_in_memory  # noqa: E402
-from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader, default_num_workers  # noqa: E402
+from pipeline.commands.training_setup import build_training  # noqa: E402
+from pipeline.config import compose  # noqa: E402
+from pipeline.data.loader import default_num_workers  # noqa: E402
 from pipeline.data.sources import ImageSet, scan_class_folders  # noqa: E402
-from pipeline.models.backbone import BackboneConfig  # noqa: E402
-from pipeline.models.classifier import build_model  # noqa: E402
-from pipeline.models.head import HeadConfig  # noqa: E402
-from pipeline.training.config import TrainConfig  # noqa: E402
-from pipeline.training.loop import Batches, train_one_epoch  # noqa: E402
-from pipeline.training.optim import OptimConfig, build_optimizer  # noqa: E402
+from pipeline.data.splits import Splits  # noqa: E402
+from pipeline.training.loop import train_one_epoch  # noqa: E402
 from pipeline.training.precision import resolve_amp, resolve_device  # noqa: E402
-from pipeline.training.sched import SchedConfig, build_schedule  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "hymenoptera_data"
 
@@ -190,6 +185,28 @@ def plain_step(model, optimizer, device, amp_dtype, scaler):
     return step
 
 
+def our_config(args, workers: int):
+    """The run config these flags stand for: an image folder, augment=light, SGD, cosine."""
+    return compose(
+        [
+            "data=folder",
+            f"data.root={args.data}",
+            f"backbone.name={args.model}",
+            "backbone.pretrained=false",
+            f"backbone.img_size={args.img_size}",
+            "augment=light",
+            f"data.batch_size={args.batch_size}",
+            f"data.num_workers={workers}",
+            "optim=sgd",
+            "optim.lr=1e-3",
+            "optim.weight_decay=1e-4",
+            "sched=cosine",
+            f"train.amp={args.amp}",
+            "seed=0",
+        ]
+    )
+
+
 def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.dtype | None, int]:
     """The timed callables (each runs n steps), keyed by configuration name."""
     device = resolve_device(args.device)
@@ -199,13 +216,12 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
     use_scaler = amp_dtype == torch.float16 and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_scaler else None  # as fit does
     bs, size, classes = args.batch_size, args.img_size, 2  # ants / bees
-    optim_cfg = OptimConfig(name="sgd", lr=1e-3, weight_decay=1e-4)
 
     # (a) and (d): a plain timm model and a plain optimizer.
     plain = timm.create_model(args.model, pretrained=False, num_classes=classes)
     plain = plain.to(device, memory_format=memory_format)
     plain_opt = torch.optim.SGD(
-        plain.parameters(), lr=optim_cfg.lr, momentum=0.9, nesterov=True, weight_decay=1e-4
+        plain.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=1e-4
     )
     if args.compile:
         plain.compile()
@@ -218,17 +234,29 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
         for _ in range(n):
             step(x, y)
 
-    # (b) and (c): our model, optimizer, schedule and training step.
-    ours, spec, _ = build_model(
-        BackboneConfig(name=args.model, pretrained=False, img_size=size), HeadConfig(), classes
+    # (b), (c) and (e): stage=train's own setup (commands.training_setup): model, optimizer
+    # groups, schedule, loader and on-device normalisation, from the config these flags say.
+    workers = default_num_workers() if args.workers is None else args.workers
+    train_root = args.data / "train"
+    if any(c in args.only for c in "cde") and not train_root.is_dir():
+        raise SystemExit(f"error: no image folder at {train_root} (pass --data)")
+    # A small folder (ants/bees: 244 images) is listed several times over, so that every
+    # batch is full (no odd last batch, no recompiles) even at GPU batch sizes. Every image
+    # is still decoded from its file each time it is drawn. (b) alone needs no files.
+    if any(c in args.only for c in "cde"):
+        images, _ = scan_class_folders(train_root)
+    else:
+        images = ImageSet([np.zeros((size, size, 3), np.uint8)] * bs, np.arange(bs) % 2, ["a", "b"])
+    pool_repeat = max(1, math.ceil(8 * bs / len(images)))
+    pool = ImageSet(
+        list(images.items) * pool_repeat, np.tile(images.labels, pool_repeat), images.class_names
     )
-    ours = ours.to(device, memory_format=memory_format)
+    splits = Splits(train=pool, val=pool, test=pool)  # only train is loaded
+    cfg = our_config(args, workers)
+    ours = build_training(cfg, splits, device, parts=("train",))
     if args.compile:
-        ours.compile()  # what fit does for train.compile=true
-    our_opt = build_optimizer(ours, optim_cfg)
-    schedule = build_schedule(our_opt, SchedConfig(name="cosine"), 1, 10**6)
-    train_cfg = TrainConfig(epochs=1, amp=args.amp, progress=False)
-    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last)
+        ours.train_model.compile()  # what fit does for train.compile=true
+    train_cfg = dataclasses.replace(cfg.train, progress=False)
     uint8_batch = (
         torch.randint(0, 256, (bs, size, size, 3), dtype=torch.uint8, device=device),
         torch.randint(0, classes, (bs,), device=device),
@@ -236,50 +264,27 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
 
     def run_ours(loader) -> None:
         train_one_epoch(
-            ours, loader, batches, our_opt, schedule, train_cfg, amp_dtype, scaler, False
+            ours.train_model,
+            loader,
+            ours.batches,
+            ours.optimizer,
+            ours.schedule,
+            train_cfg,
+            amp_dtype,
+            scaler,
+            False,
         )
 
     runs = {
         "a_plain_synthetic": run_plain,
         "b_step_synthetic": lambda n: run_ours(Repeat(uint8_batch, n)),
     }
-
-    workers = default_num_workers() if args.workers is None else args.workers
-    train_root = args.data / "train"
-    if any(c in args.only for c in "cde") and not train_root.is_dir():
-        raise SystemExit(f"error: no image folder at {train_root} (pass --data)")
-    # A small folder (ants/bees: 244 images) is listed several times over, so that every
-    # batch is full (no odd last batch, no recompiles) even at GPU batch sizes. Every image
-    # is still decoded from its file each time it is drawn.
-    if any(c in args.only for c in "cde"):
-        images, _ = scan_class_folders(train_root)
-        pool_repeat = max(1, math.ceil(8 * bs / len(images)))
-    crop_pct = spec.crop_pct
-    decode_size = round(size / crop_pct)
-
-    def our_loader(source: ImageSet) -> DataLoader:
-        repeated = ImageSet(
-            list(source.items) * pool_repeat,
-            np.tile(source.labels, pool_repeat),
-            source.class_names,
-        )
-        transform = build_train_transform(
-            AugmentConfig(preset="light"), size, crop_pct, spec.interpolation
-        )
-        return build_loader(
-            ImageDataset(repeated, transform, decode_size),
-            bs,
-            train=True,
-            num_workers=workers,
-            seed=0,
-            pin_memory=device.type == "cuda",
-        )
-
     if "c" in args.only:
-        jpeg_loader = our_loader(images)
+        jpeg_loader = ours.loaders["train"]
         runs["c_pipeline_jpeg"] = lambda n: run_ours(Take(jpeg_loader, n))
     if "e" in args.only:  # data.cache_images=true: decoded once here, not timed
-        cached_loader = our_loader(cache_in_memory(images, decode_size))
+        cached = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, cache_images=True))
+        cached_loader = build_training(cached, splits, device, parts=("train",)).loaders["train"]
         runs["e_pipeline_cached"] = lambda n: run_ours(Take(cached_loader, n))
     if "d" in args.only:
         from timm.data import create_dataset, create_loader
@@ -291,10 +296,10 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
             input_size=(3, size, size),
             batch_size=bs,
             is_training=True,
-            interpolation=spec.interpolation,
-            mean=spec.mean,
-            std=spec.std,
-            crop_pct=spec.crop_pct,
+            interpolation=ours.spec.interpolation,
+            mean=ours.spec.mean,
+            std=ours.spec.std,
+            crop_pct=ours.spec.crop_pct,
             num_workers=workers,
             pin_memory=device.type == "cuda",
             device=device,

@@ -8,7 +8,6 @@ normalised), the most confident mistakes, a reliability diagram and `report.md`.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -20,10 +19,9 @@ from pipeline.data.loader import ImageDataset, build_loader
 from pipeline.data.sources import ImageSet
 from pipeline.data.splits import run_splits
 from pipeline.errors import DataError
-from pipeline.evaluation.diagnosis import write_report
 from pipeline.evaluation.evaluate import check_tta, misclassified, predict_probs, score
 from pipeline.evaluation.metrics import calibration_bins, format_report
-from pipeline.evaluation.plots import plot_confusion_matrix
+from pipeline.evaluation.report import report_files, write_all
 from pipeline.evaluation.visualize import (
     plot_confusion_normalized,
     plot_image_grid,
@@ -93,24 +91,10 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     names = trained.class_names
     artifacts = [
         _write_predictions(out_dir / f"{split}_predictions.csv", images, probs, targets, names),
-        plot_confusion_matrix(cm, names, out_dir / "confusion_matrix.png"),
         plot_confusion_normalized(cm, names, out_dir / "confusion_matrix_normalized.png"),
         plot_reliability(
             calibration_bins(targets, probs), scores["ece"], out_dir / "reliability.png"
         ),
-    ]
-    (out_dir / "classification_report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "classification_report.txt").write_text(format_report(report))
-    (out_dir / "confusion_matrix.json").write_text(
-        json.dumps({"labels": names, "counts": cm.tolist()})
-    )
-    artifacts += [
-        out_dir / f"{n}"
-        for n in (
-            "classification_report.json",
-            "classification_report.txt",
-            "confusion_matrix.json",
-        )
     ]
     wrong = misclassified(targets, probs, MAX_MISTAKES_SHOWN)
     artifacts.append(
@@ -125,10 +109,10 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
             f"of {len(targets)} wrong)",
         )
     )
-
     history = fetch_history(cfg.tracking.uri, trained.run_id) if trained.run_id else []
     title = f"Evaluation of {trained.source} on the {split} split (tta {cfg.eval.tta})"
-    artifacts.append(write_report(out_dir / "report.md", title, history, metrics))
+    # The same classification report, confusion matrix and report.md as stage=train writes.
+    artifacts += write_all(report_files(out_dir, names, cm, report, title, history, metrics))
 
     with linked_run(cfg, trained, "evaluate") as run:
         run.log_params(

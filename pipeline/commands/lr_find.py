@@ -1,7 +1,8 @@
 """stage=lr_find: LR range test on the training config, before training.
 
-Builds the model and training data exactly as stage=train would, sweeps the learning rate
-(lr_find.*), and logs the loss-vs-LR plot and the suggested optim.lr to a new MLflow run.
+Builds the model, training data and loss exactly as stage=train does (one setup:
+`commands.training_setup`), sweeps the learning rate (lr_find.*), and logs the loss-vs-LR
+plot and the suggested optim.lr to a new MLflow run.
 """
 
 from __future__ import annotations
@@ -13,20 +14,15 @@ from pathlib import Path
 
 import torch
 
+from pipeline.commands.training_setup import build_training, check_batch_norm_batches
 from pipeline.config import RunConfig
-from pipeline.data.augment import build_train_transform
-from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
 from pipeline.data.splits import run_splits
 from pipeline.evaluation.visualize import plot_lr_find
-from pipeline.models.classifier import build_model
 from pipeline.repro import seed_everything, set_deterministic
 from pipeline.tracking.runs import flatten, run_name_for, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.finetune import apply_finetune
-from pipeline.training.loop import Batches
 from pipeline.training.lr_find import LRFindResult, lr_range_test
-from pipeline.training.optim import build_optimizer
-from pipeline.training.precision import resolve_amp, resolve_device
+from pipeline.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -41,29 +37,21 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
         torch.set_num_threads(cfg.train.threads)
     device = resolve_device(cfg.train.device)
     splits = run_splits(cfg.data, cfg.seed)
-    model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
-    apply_finetune(model, cfg.finetune)
-    crop_pct = cfg.augment.crop_pct or spec.crop_pct
-    transform = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
-    loader = build_loader(
-        ImageDataset(splits.train, transform, round(spec.img_size / crop_pct)),
-        cfg.data.batch_size,
-        train=True,
-        num_workers=cfg.data.num_workers,
-        seed=cfg.seed,
-        pin_memory=device.type == "cuda",
-    )
-    model.to(device)
-    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, False)
-    optimizer = build_optimizer(model, cfg.optim)
+    # stage=train's own setup (sampler, image cache, class weights, label smoothing, mixing,
+    # channels_last, AMP), less the schedule: the sweep sets the LRs itself.
+    setup = build_training(cfg, splits, device, parts=("train",), with_schedule=False)
+    check_batch_norm_batches(cfg, setup)
     result = lr_range_test(
-        model,
-        loader,
-        optimizer,
-        batches,
+        setup.train_model,
+        setup.loaders["train"],
+        setup.optimizer,
+        setup.batches,
         cfg.lr_find,
-        resolve_amp(cfg.train.amp, device),
+        setup.amp_dtype,
         reference_lr=cfg.optim.lr,
+        batch_transform=setup.batch_transform,
+        class_weights=setup.class_weights,
+        label_smoothing=setup.label_smoothing,
     )
 
     curve = out_dir / "lr_find.csv"
@@ -76,7 +64,7 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     )
     tags = {"stage": "lr_find", "backbone": cfg.backbone.name}
     with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "lr_find")) as run:
-        run.log_params({**flatten(cfg.to_dict()), "weights_source": weights.source})
+        run.log_params({**flatten(cfg.to_dict()), "weights_source": setup.weights.source})
         metrics = {"lr_find/steps_run": len(result.lrs)}
         if math.isfinite(result.suggested_lr):
             metrics["lr_find/suggested_lr"] = result.suggested_lr

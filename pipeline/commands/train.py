@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from pipeline.commands.train_outputs import (
     config_changes,
@@ -24,23 +23,17 @@ from pipeline.commands.train_outputs import (
     test_report_files,
     tested_weights,
 )
-from pipeline.config import RunConfig
-from pipeline.data.augment import build_eval_transform, build_train_transform
-from pipeline.data.decode import cache_in_memory
-from pipeline.data.imbalance import balanced_sample_weights, inverse_frequency_weights
-from pipeline.data.loader import (
-    DeviceNormalize,
-    ImageDataset,
-    build_loader,
-    shut_down_loader_workers,
+from pipeline.commands.training_setup import (
+    TrainingSetup,
+    build_training,
+    check_batch_norm_batches,
 )
-from pipeline.data.mix import MixBatch, build_batch_transform
+from pipeline.config import RunConfig
+from pipeline.data.loader import shut_down_loader_workers
 from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, StorageError, TrainingError
-from pipeline.evaluation.diagnosis import write_report
 from pipeline.experiments.kfold import run_kfold
 from pipeline.models.backbone import check_model_name
-from pipeline.models.classifier import build_model
 from pipeline.repro import seed_everything, set_deterministic
 from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking.runs import Run, run_name_for, start_run
@@ -48,13 +41,11 @@ from pipeline.tracking.store import check_store
 from pipeline.training import distributed
 from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.features import cached_feature_loaders, check_cache_features
-from pipeline.training.finetune import apply_finetune, batch_norm_trains, rebuild_on_change
+from pipeline.training.finetune import rebuild_on_change
 from pipeline.training.guards import out_of_memory
-from pipeline.training.loop import Batches, FitResult, fit, optimizer_steps_per_epoch, predict
-from pipeline.training.optim import build_optimizer
-from pipeline.training.precision import resolve_amp, resolve_device, use_fast_cuda_kernels
+from pipeline.training.loop import FitResult, fit, predict
+from pipeline.training.precision import resolve_device, use_fast_cuda_kernels
 from pipeline.training.resume import ResumePoint, find_resume_point, owner_tags
-from pipeline.training.sched import Schedule, build_schedule
 
 log = logging.getLogger(__name__)
 
@@ -65,61 +56,6 @@ class TrainResult:
     test_metrics: dict[str, float]
     fit: FitResult
     out_dir: Path
-
-
-def _build_loaders(
-    cfg: RunConfig,
-    splits: Splits,
-    train_tf,
-    eval_tf,
-    decode: int,
-    dist_info: distributed.DistInfo,
-    pin_memory: bool,
-) -> dict[str, DataLoader]:
-    """train/val/test loaders; under torchrun each rank gets its shard."""
-    num_classes = len(splits.class_names)
-    eval_bs = cfg.data.eval_batch_size or 2 * cfg.data.batch_size
-    parts = {"train": splits.train, "val": splits.val, "test": splits.test}
-    if cfg.data.cache_images:
-        parts = {name: cache_in_memory(images, decode) for name, images in parts.items()}
-    datasets = {
-        name: ImageDataset(images, train_tf if name == "train" else eval_tf, decode)
-        for name, images in parts.items()
-    }
-    weighted = cfg.data.sampler == "weighted"
-    return {
-        name: build_loader(
-            dataset,
-            cfg.data.batch_size if name == "train" else eval_bs,
-            train=name == "train",
-            num_workers=cfg.data.num_workers,
-            seed=cfg.seed + dist_info.rank,
-            pin_memory=pin_memory,
-            sample_weights=balanced_sample_weights(splits.train.labels, num_classes)
-            if name == "train" and weighted
-            else None,
-            # Under torchrun each rank sees its shard (None: one process sees everything).
-            sampler=distributed.shard_sampler(
-                dataset, dist_info, train=name == "train", seed=cfg.seed
-            ),
-        )
-        for name, dataset in datasets.items()
-    }
-
-
-@dataclass
-class _Training:
-    """Everything fit needs, built before the MLflow run starts so bad input fails first."""
-
-    model: torch.nn.Module  # the bare model: checkpoints, EMA, finetune rebuilds, test
-    train_model: torch.nn.Module  # the model fit steps: DDP-wrapped under torchrun
-    loaders: dict[str, DataLoader]
-    batches: Batches
-    optimizer: torch.optim.Optimizer
-    schedule: Schedule
-    batch_transform: MixBatch | None
-    class_weights: torch.Tensor | None
-    derived_params: dict
 
 
 def _check_resume(cfg: RunConfig, out_dir: Path, main: bool) -> ResumePoint | None:
@@ -168,83 +104,16 @@ def _check_checkpoint_fits(model: torch.nn.Module, state: dict, spec: str) -> No
         )
 
 
-def _check_batch_norm_batches(cfg: RunConfig, training: _Training) -> None:
-    """BatchNorm in train mode fails on a batch of one image, an epoch into an open MLflow
-    run: refuse such a config before the run starts."""
-    loader = training.loaders["train"]
-    drawn, size = len(loader.sampler), loader.batch_size
-    smallest = size if loader.drop_last else drawn % size or size
-    if smallest > 1 or not batch_norm_trains(training.model, cfg.finetune, cfg.train.epochs):
-        return
-    if size == 1:
-        raise ConfigError(
-            "BatchNorm needs 2 or more images per batch, got data.batch_size=1: raise it "
-            "(train.accumulate_steps keeps the effective batch size)"
-        )
-    raise ConfigError(
-        "BatchNorm needs 2 or more images per batch, and the train split gives 1 image: add "
-        "images, or lower data.val_fraction / data.test_fraction"
-    )
-
-
-def _build_training(
-    cfg: RunConfig, splits: Splits, device: torch.device, dist_info: distributed.DistInfo
-) -> _Training:
-    """Model, input pipeline, optimizer and schedule, from the config's groups."""
-    num_classes = len(splits.class_names)
-    model, spec, weights = build_model(cfg.backbone, cfg.head, num_classes)
-    apply_finetune(model, cfg.finetune)
-
-    crop_pct = cfg.augment.crop_pct or spec.crop_pct
-    train_tf = build_train_transform(cfg.augment, spec.img_size, crop_pct, spec.interpolation)
-    eval_tf = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
-    decode = round(spec.img_size / crop_pct)
-    pin = device.type == "cuda"
-    loaders = _build_loaders(cfg, splits, train_tf, eval_tf, decode, dist_info, pin_memory=pin)
-
-    channels_last = (
-        device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
-    )
-    model = model.to(
-        device, memory_format=torch.channels_last if channels_last else torch.preserve_format
-    )
-    optimizer = build_optimizer(model, cfg.optim)
-    steps_per_epoch = optimizer_steps_per_epoch(len(loaders["train"]), cfg.train.accumulate_steps)
-    class_weights = None
-    if cfg.train.class_weights == "auto":
-        inverse = inverse_frequency_weights(splits.train.labels, num_classes)
-        class_weights = torch.as_tensor(inverse, dtype=torch.float32, device=device)
-    return _Training(
-        model=model,
-        train_model=distributed.wrap_model(model, dist_info, device, cfg.train.sync_bn),
-        loaders=loaders,
-        batches=Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last),
-        optimizer=optimizer,
-        schedule=build_schedule(optimizer, cfg.sched, cfg.train.epochs, steps_per_epoch),
-        batch_transform=build_batch_transform(
-            cfg.augment.mixup_alpha,
-            cfg.augment.cutmix_alpha,
-            cfg.augment.mix_prob,
-            num_classes,
-            cfg.seed + dist_info.rank,  # each rank mixes its own shard its own way
-        ),
-        class_weights=class_weights,
-        derived_params=derived_params_of(
-            cfg, splits, model, spec, weights, crop_pct, device, dist_info
-        ),
-    )
-
-
 def _fit_and_test(
     cfg: RunConfig,
-    training: _Training,
+    training: TrainingSetup,
     run: Run,
     device: torch.device,
     checkpoint_dir: Path,
     resume: ResumePoint | None,
 ):
     """Train with model selection on val, then touch the test split exactly once."""
-    amp = resolve_amp(cfg.train.amp, device)
+    amp = training.amp_dtype
     model, batches = training.train_model, training.batches
     train_loader, val_loader = training.loaders["train"], training.loaders["val"]
     if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
@@ -307,8 +176,9 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     if splits is None:
         splits = run_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
-    training = _build_training(cfg, splits, device, dist_info)
-    _check_batch_norm_batches(cfg, training)
+    training = build_training(cfg, splits, device, dist_info)
+    check_batch_norm_batches(cfg, training)
+    derived_params = derived_params_of(cfg, splits, training, device, dist_info)
     if resume is not None:
         _check_checkpoint_fits(training.model, resume.state, cfg.train.resume)
 
@@ -325,7 +195,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             name=run_name_for(cfg, "train"),
         ) as run,
     ):
-        log_run_start(run, cfg, splits, training.derived_params, out_dir, resume, checkpoint_dir)
+        log_run_start(run, cfg, splits, derived_params, out_dir, resume, checkpoint_dir)
         if main:  # said now, not only at the end: a SIGKILL leaves no last words
             print(resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
         stopped_by = None
@@ -372,10 +242,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         if main:
             title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
             files = test_report_files(
-                out_dir, splits.class_names, targets, probs, result.history, result.best_epoch
-            )
-            files[out_dir / "report.md"] = lambda p: write_report(
-                p, title, result.history, test_metrics, result.best_epoch
+                out_dir, title, splits.class_names, targets, probs, test_metrics, result
             )
             not_saved += save_outputs(run, files)
         if not_saved:  # the run still ends FINISHED: its training and test are complete

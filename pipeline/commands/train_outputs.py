@@ -12,24 +12,18 @@ from pathlib import Path
 import torch
 import yaml
 
+from pipeline.commands.training_setup import TrainingSetup
 from pipeline.config import RunConfig
 from pipeline.data.report import log_data_report
 from pipeline.data.splits import Splits
 from pipeline.errors import first_line
-from pipeline.evaluation.metrics import (
-    classification_report,
-    confusion_matrix,
-    format_report,
-    summarize,
-)
-from pipeline.evaluation.plots import plot_confusion_matrix, plot_learning_curves
-from pipeline.models.backbone import InputSpec
-from pipeline.models.weights import WeightsInfo
+from pipeline.evaluation.metrics import classification_report, confusion_matrix, summarize
+from pipeline.evaluation.plots import plot_learning_curves
+from pipeline.evaluation.report import report_files
 from pipeline.repro import environment_tags
 from pipeline.tracking.runs import Run, flatten
 from pipeline.training import distributed
 from pipeline.training.loop import FitResult
-from pipeline.training.precision import resolve_amp
 from pipeline.training.resume import CHECKPOINT_DIR_TAG, ResumePoint
 
 log = logging.getLogger(__name__)
@@ -50,24 +44,16 @@ def test_metrics_of(class_names: list[str], targets, probs) -> dict[str, float]:
 
 
 def test_report_files(
-    out_dir: Path, class_names: list[str], targets, probs, history, best_epoch
+    out_dir: Path, title: str, class_names: list[str], targets, probs, test_metrics, result
 ) -> dict[Path, Callable[[Path], object]]:
-    """Each file of the per-class test report, with the function that writes it."""
+    """Each file of the test report (the one stage=evaluate writes, plus the learning
+    curves), with the function that writes it."""
     cm = confusion_matrix(targets, probs.argmax(1), len(class_names))
     report = classification_report(cm, class_names)
-
-    def text(content: str) -> Callable[[Path], object]:
-        return lambda path: path.write_text(content)
-
-    return {
-        out_dir / "classification_report.json": text(json.dumps(report, indent=2)),
-        out_dir / "classification_report.txt": text(format_report(report)),
-        out_dir / "confusion_matrix.json": text(
-            json.dumps({"labels": class_names, "counts": cm.tolist()})
-        ),
-        out_dir / "confusion_matrix.png": lambda p: plot_confusion_matrix(cm, class_names, p),
-        out_dir / "learning_curves.png": lambda p: plot_learning_curves(history, p, best_epoch),
-    }
+    history, best_epoch = result.history, result.best_epoch
+    files = report_files(out_dir, class_names, cm, report, title, history, test_metrics, best_epoch)
+    files[out_dir / "learning_curves.png"] = lambda p: plot_learning_curves(history, p, best_epoch)
+    return files
 
 
 def save_outputs(
@@ -141,14 +127,12 @@ def resume_command(run: Run, checkpoint_dir: Path, fold: int | None) -> str:
 def derived_params_of(
     cfg: RunConfig,
     splits: Splits,
-    model: torch.nn.Module,
-    spec: InputSpec,
-    weights: WeightsInfo,
-    crop_pct: float,
+    setup: TrainingSetup,
     device: torch.device,
     dist_info: distributed.DistInfo,
 ) -> dict:
     """Facts the config alone does not say, logged as params beside it."""
+    model, spec, weights = setup.model, setup.spec, setup.weights
     return {
         "weights_source": weights.source,
         "weights_sha256": weights.sha256 or "",
@@ -157,11 +141,11 @@ def derived_params_of(
         "input.mean": list(spec.mean),
         "input.std": list(spec.std),
         "input.interpolation": spec.interpolation,
-        "input.crop_pct": crop_pct,
+        "input.crop_pct": setup.crop_pct,
         "params.total": sum(p.numel() for p in model.parameters()),
         "params.trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "device": str(device),
-        "amp": str(resolve_amp(cfg.train.amp, device)).removeprefix("torch."),
+        "amp": str(setup.amp_dtype).removeprefix("torch."),
         "world_size": dist_info.world_size,
         **{f"data.n_{name}": n for name, n in splits.sizes().items()},
         "data.n_skipped": len(splits.skipped),

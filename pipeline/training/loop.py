@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.training import distributed
-from pipeline.training.checkpoint import load_checkpoint, remove_torn_writes, save_atomic
+from pipeline.training.checkpoint import remove_torn_writes, save_atomic
 from pipeline.training.config import TrainConfig
-from pipeline.training.early_stopping import EarlyStopping
+from pipeline.training.early_stopping import BestCheckpoint, EarlyStopping
 from pipeline.training.ema import ModelEma
 from pipeline.training.guards import LossGuard
 from pipeline.training.precision import autocast, grad_scaler, resolve_amp, use_fast_cuda_kernels
@@ -33,12 +33,6 @@ from pipeline.training.sched import Schedule
 from pipeline.training.state import TrainingParts
 
 log = logging.getLogger(__name__)
-
-
-# --- device and precision --------------------------------------------------------------
-
-
-# --- early stopping ------------------------------------------------------------------------
 
 
 # --- one pass over the data ------------------------------------------------------------------
@@ -241,9 +235,9 @@ def fit(
         model.compile()
     stopper = EarlyStopping(cfg.early_stopping)
     progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-    best_path = checkpoint_dir / "best.pt"
     last_path = checkpoint_dir / "last.pt"
     main = distributed.is_main()  # only rank 0 writes checkpoints
+    saver = BestCheckpoint(checkpoint_dir, cfg.early_stopping.restore_best, main)
     if main:  # a SIGKILL during a write left a temp file; the checkpoint it was to replace is whole
         remove_torn_writes(checkpoint_dir)
     history: list[dict[str, float]] = []
@@ -307,15 +301,8 @@ def fit(
             raise ConfigError(
                 f"train.early_stopping.monitor={cfg.early_stopping.monitor!r} is not one of: {', '.join(metrics)}"
             )
-        if stopper.step(metrics[cfg.early_stopping.monitor], epoch) and main:
-            save_atomic(
-                {
-                    "model": distributed.unwrap(eval_model).state_dict(),
-                    "epoch": epoch,
-                    "metrics": metrics,
-                },
-                best_path,
-            )
+        if stopper.step(metrics[cfg.early_stopping.monitor], epoch):
+            saver.save_best(eval_model, epoch, metrics)
         history.append(metrics)
         log.info(
             "epoch %d/%d  train/loss %.4f  train/acc %.4f  val/loss %.4f  val/acc %.4f  lr %.2e  %.1fs%s",
@@ -346,33 +333,13 @@ def fit(
                 stopper.best_epoch + 1,
             )
             break
-    if cfg.early_stopping.restore_best:
-        if main and stopper.best_epoch >= 0 and not best_path.exists():
-            raise TrainingError(
-                f"{best_path} (epoch {stopper.best_epoch + 1}, the best) is gone: cannot restore "
-                "the best weights; train.early_stopping.restore_best=false tests the last ones"
-            )
-        if main and best_path.exists():
-            distributed.unwrap(model).load_state_dict(load_checkpoint(best_path)["model"])
-        distributed.broadcast_model(model)  # rank 0 holds the best weights
-        checkpoint, weights_epoch = best_path, stopper.best_epoch
-    else:
-        if ema is not None:
-            distributed.unwrap(model).load_state_dict(ema.module.state_dict())  # as validated
-        # The last epoch's weights get tested: save them under their own name, so later
-        # stages load what was tested and best.pt keeps holding the best epoch's.
-        checkpoint, weights_epoch = checkpoint_dir / "final.pt", len(history) - 1
-        if main:
-            state = distributed.unwrap(model).state_dict()
-            save_atomic(
-                {"model": state, "epoch": weights_epoch, "metrics": history[-1]}, checkpoint
-            )
+    checkpoint, weights_epoch = saver.finish(model, ema, stopper.best_epoch, history)
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,
         best_value=stopper.best,
         stopped_early=stopper.should_stop,
-        checkpoint=checkpoint if checkpoint.exists() else None,
+        checkpoint=checkpoint,
         weights_epoch=weights_epoch,
         train_seconds=time.perf_counter() - start,
     )

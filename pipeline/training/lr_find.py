@@ -6,7 +6,7 @@ smoothed loss, well before it bottoms out and blows up.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,11 +105,16 @@ def lr_range_test(
     cfg: LRFindConfig,
     amp_dtype: torch.dtype | None = None,
     reference_lr: float | None = None,
+    batch_transform: Callable | None = None,
+    class_weights: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> LRFindResult:
     """Sweep the LR from start_lr to end_lr (exponentially) and record the loss per step.
 
     Each param group keeps its LR ratio to `reference_lr` (default: the largest group LR; pass
     optim.lr so the sweep is in optim.lr units and optim.backbone_lr_mult still holds).
+    The loss is training's (`batch_transform`, `class_weights`, `label_smoothing` as in
+    `train_one_epoch`), so the suggestion fits the run it is for.
     The model is changed by the sweep: pass a copy, or rebuild before training.
     """
     base = [group["lr"] for group in optimizer.param_groups]
@@ -126,8 +131,11 @@ def lr_range_test(
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = lr * ratio
         x, y = batches(images, labels)
+        x, targets = batch_transform(x, y) if batch_transform else (x, y)
         with autocast(batches.device, amp_dtype):
-            loss = F.cross_entropy(model(x), y)
+            loss = F.cross_entropy(
+                model(x), targets, weight=class_weights, label_smoothing=label_smoothing
+            )
         (scaler.scale(loss) if scaler is not None else loss).backward()
         optimizer_step(model, optimizer, scaler, grad_clip=None)  # steps, then zeroes grads
         lrs.append(lr)
