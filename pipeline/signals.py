@@ -82,5 +82,5 @@ def stop_signals_deferred() -> Iterator[None]:
             signal.signal(signum, handler)
         # raise_signal runs the Python handler before it returns: a stop signal's exception
         # ends this loop, so a worker's death it caused is not reported on top of it.
-        for signum in sorted(held, key=lambda s: s == signal.SIGCHLD):
-            signal.raise_signal(signum)
+        for held_signum in sorted(held, key=lambda s: s == signal.SIGCHLD):
+            signal.raise_signal(held_signum)

@@ -13,6 +13,8 @@ from pipeline.errors import ConfigError
         ("optim.lr=-0.1", "optim.lr must be > 0, got -0.1"),
         ("optim.momentum=1.5", "optim.momentum must be in [0, 1)"),
         ("optim.betas=[0.9,1.2]", "optim.betas must be two values in [0, 1)"),
+        ("augment.scale=[0.5,0.7,1.0]", "augment.scale must be [low, high] with 0 < low"),
+        ("augment.scale=[0.9,0.5]", "augment.scale must be [low, high] with 0 < low"),
         ("train.early_stopping.patience=-1", "patience and min_delta must be >= 0, got -1"),
         ("train.early_stopping.monitor=val/f2", "monitor='val/f2' is not one of: val/loss"),
         ("data.val_fraction=0.8", "must leave images to train on"),  # + test 0.2: no train

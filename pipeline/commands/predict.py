@@ -46,12 +46,12 @@ def run_predict(cfg: RunConfig, out_dir: Path) -> Path:
     k = min(cfg.eval.topk, len(names))
     amp_dtype = resolve_amp(trained.cfg.train.amp, trained.device)
     batch_size = trained.cfg.data.eval_batch_size or 2 * trained.cfg.data.batch_size
-    probs = []
+    chunk_probs = []
     for start in range(0, len(loaded), batch_size):
         chunk = [trained.preprocess(image) for _, image in loaded[start : start + batch_size]]
         x = trained.to_input(torch.stack(chunk))
-        probs.append(tta_probs(trained.model, x, cfg.eval.tta, amp_dtype).cpu().numpy())
-    probs = np.concatenate(probs)
+        chunk_probs.append(tta_probs(trained.model, x, cfg.eval.tta, amp_dtype).cpu().numpy())
+    probs = np.concatenate(chunk_probs)
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
     csv_path = out_dir / "predictions.csv"

@@ -91,38 +91,38 @@ def _download(client, run_id: str, path: str, dst: Path) -> Path | None:
             os.environ[_PROGRESS_BAR] = previous
 
 
-def _fetch_run_files(cfg: RunConfig, work_dir: Path) -> dict[str, Path | None]:
+def _fetch_run_files(run_id: str, tracking_uri: str, work_dir: Path) -> dict[str, Path | None]:
     """config.yaml, the weights it tested and confusion_matrix.json (class names) of a run."""
     from mlflow.exceptions import MlflowException
 
     not_found = ConfigError(
-        f"run_id={cfg.run_id} not found in {cfg.tracking.uri} (pass tracking.uri=... "
+        f"run_id={run_id} not found in {tracking_uri} (pass tracking.uri=... "
         "where it was logged, or checkpoint=<path>)"
     )
-    if store_missing(cfg.tracking.uri):
+    if store_missing(tracking_uri):
         raise not_found
-    client = mlflow_client(cfg.tracking.uri)
+    client = mlflow_client(tracking_uri)
     try:
-        client.get_run(cfg.run_id)
+        client.get_run(run_id)
     except MlflowException as exc:
         raise not_found from exc
     dst = work_dir / "source_run"
     dst.mkdir(parents=True, exist_ok=True)
     files = {
-        name: _download(client, cfg.run_id, name, dst)
+        name: _download(client, run_id, name, dst)
         for name in ("config.yaml", "confusion_matrix.json")
     }
     # The weights its test used: final.pt (the last epoch's, restore_best=false), else best.pt.
-    final = _download(client, cfg.run_id, "checkpoints/final.pt", dst)
-    files["weights"] = final or _download(client, cfg.run_id, "checkpoints/best.pt", dst)
+    final = _download(client, run_id, "checkpoints/final.pt", dst)
+    files["weights"] = final or _download(client, run_id, "checkpoints/best.pt", dst)
     if files["weights"] is None:
-        raise ConfigError(f"run {cfg.run_id} has no checkpoints/best.pt artifact (did it finish?)")
+        raise ConfigError(f"run {run_id} has no checkpoints/best.pt artifact (did it finish?)")
     return files
 
 
-def _local_files(cfg: RunConfig) -> dict[str, Path | None]:
+def _local_files(checkpoint: str) -> dict[str, Path | None]:
     """A training output folder holds checkpoints/best.pt (or final.pt) beside config.yaml."""
-    ckpt = Path(cfg.checkpoint).expanduser()
+    ckpt = Path(checkpoint).expanduser()
     if not ckpt.is_file():
         raise ConfigError(f"checkpoint not found: {ckpt}")
 
@@ -182,15 +182,20 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
     """Rebuild the model a run trained and load its best checkpoint."""
     if cfg.run_id and cfg.checkpoint:
         raise ConfigError("pass run_id=<id> or checkpoint=<path>, not both")
-    if not (cfg.run_id or cfg.checkpoint):
+    if cfg.run_id:
+        files = _fetch_run_files(cfg.run_id, cfg.tracking.uri, Path(work_dir))
+    elif cfg.checkpoint:
+        files = _local_files(cfg.checkpoint)
+    else:
         raise ConfigError(f"stage={cfg.stage} needs run_id=<MLflow run id> or checkpoint=<path>")
-    files = _fetch_run_files(cfg, Path(work_dir)) if cfg.run_id else _local_files(cfg)
     saved = _read_run_config(files["config.yaml"]) if files["config.yaml"] else None
     run_cfg = trained_config(saved, cfg)
     if run_cfg.train.threads:
         torch.set_num_threads(run_cfg.train.threads)
 
-    state = load_checkpoint(files["weights"])
+    weights = files["weights"]
+    assert weights is not None  # both sources refuse a run without one
+    state = load_checkpoint(weights)
     state = state.get("model", state)
     class_names = _class_names(files["confusion_matrix.json"], state)
     # The checkpoint holds every weight: no need to resolve pretrained ones again.
@@ -211,7 +216,8 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
         else run_cfg.train.channels_last
     )
     memory_format = torch.channels_last if channels_last else torch.preserve_format
-    model.to(device, memory_format=memory_format).eval()
+    # torch's Module.to overloads take memory_format alone, though a device may come with it.
+    model.to(device, memory_format=memory_format).eval()  # type: ignore[call-overload]
     return TrainedModel(
         model=model,
         spec=spec,

@@ -87,8 +87,8 @@ def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
 
     batch = trained.to_input(torch.from_numpy(np.stack(images)))
     target = gradcam_layer(model, batch, [f"backbone.{name}" for name in stages])
-    cams, probs = GradCAM(model, target)(batch)
-    cams, probs = cams.cpu().numpy(), probs.cpu().numpy()
+    cam_maps, class_probs = GradCAM(model, target)(batch)
+    cams, probs = cam_maps.cpu().numpy(), class_probs.cpu().numpy()
     titles, overlays = [], []
     (out_dir / "gradcam").mkdir(exist_ok=True)
     for i, (img, cam, p, true) in enumerate(zip(images, cams, probs, labels, strict=True)):

@@ -138,7 +138,9 @@ def read_archive(path: Path, spec: CifarArchive) -> tuple[ImageSet, ImageSet]:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:  # one pass: a gzip stream is slow to seek in
                 if member.name in wanted and member.isfile():
-                    found[wanted[member.name]] = unpickle_batch(tar.extractfile(member).read())
+                    data = tar.extractfile(member)
+                    assert data is not None  # None only for members that are not files
+                    found[wanted[member.name]] = unpickle_batch(data.read())
     except (tarfile.TarError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise DataError(f"cannot read {path}: {exc}; delete it and download it again") from exc
     missing = sorted(set(wanted.values()) - set(found))

@@ -129,6 +129,7 @@ def drop_unreadable(images: ImageSet, on_bad_image: str) -> tuple[ImageSet, list
         elif on_bad_image == "error":
             raise DataError(f"unreadable image: {item} ({reason.removeprefix('unreadable: ')})")
         else:
+            assert isinstance(item, str)  # only files fail to decode, arrays are decoded already
             log.warning("skipping %s (%s)", item, reason)
             bad.append((item, reason))
     if bad and not keep:

@@ -8,7 +8,7 @@ output small and lets a GPU do the arithmetic.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 
 import numpy as np
 import torch
@@ -80,6 +80,7 @@ class EpochSampler(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
+        assert isinstance(self.sampler, Sized)  # every sampler this wraps has a length
         return len(self.sampler)
 
     def __iter__(self):
@@ -127,13 +128,15 @@ def build_loader(
     function of (seed, epoch) through an `EpochSampler`. Eval: in order.
     A weighted sampler under DDP is not sharded: each rank draws its own weighted sample."""
     workers = default_num_workers() if num_workers is None else num_workers
+    assert isinstance(dataset, Sized)  # map-style: the samplers need its length
+    assert sampler is None or isinstance(sampler, Sized)
     # What this process draws: a DDP rank's shard, not the whole set.
     drawn = len(sampler) if sampler is not None else len(dataset)
     if train:
         order = torch.Generator()  # reseeded each epoch by EpochSampler
         if sample_weights is not None:
             sampler = WeightedRandomSampler(
-                torch.as_tensor(sample_weights, dtype=torch.double),
+                sample_weights.tolist(),  # torch makes it a float64 tensor again
                 num_samples=len(dataset),
                 replacement=True,
                 generator=order,
@@ -163,6 +166,9 @@ def build_loader(
 
 class DeviceNormalize(torch.nn.Module):
     """uint8 NHWC batch -> normalised float NCHW (channels_last strides), on the device."""
+
+    scale: torch.Tensor  # buffers, registered in __init__
+    shift: torch.Tensor
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()

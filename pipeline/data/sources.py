@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +21,10 @@ class ImageSet:
     items: Sequence[np.ndarray | str]
     labels: np.ndarray
     class_names: list[str]
-    ids: list[str] | None = None  # stable names for the split manifest; default: the paths
+    ids: list[str] = field(default_factory=list)  # names for the split manifest; empty: the paths
 
     def __post_init__(self) -> None:
-        if self.ids is None:
+        if not self.ids:
             self.ids = [
                 item if isinstance(item, str) else str(i) for i, item in enumerate(self.items)
             ]
@@ -106,7 +106,7 @@ def scan_class_folders(
         raise DataError(f"image folder not found: {root}")
     found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [name for name in found if class_names and name not in class_names]
-    if unknown:  # its images would silently go unscored
+    if class_names and unknown:  # its images would silently go unscored
         raise DataError(
             f"class folder {root / unknown[0]} has no counterpart in the train split "
             f"(classes: {', '.join(class_names)}); rename or remove it"
@@ -114,12 +114,14 @@ def scan_class_folders(
     class_names = class_names or found
     if not class_names:
         raise DataError(f"no class folders in {root} (expected {root}/<class>/<image>)")
-    items, labels, skipped = [], [], []
+    items: list[str] = []
+    labels: list[int] = []
+    skipped: list[tuple[str, str]] = []
     for label, name in enumerate(class_names):
         folder = root / name
         files, broken = walk_files(folder) if folder.is_dir() else ([], [])
         images = [p for p in files if not_an_image(p) is None]
-        skipped += broken + [(str(p), not_an_image(p)) for p in files if not_an_image(p)]
+        skipped += broken + [(str(p), reason) for p in files if (reason := not_an_image(p))]
         if not images:
             raise DataError(f"class folder has no images: {folder}")
         items += [str(p) for p in images]
@@ -137,5 +139,5 @@ def list_images(path: str | Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     files, broken = ([path], []) if path.is_file() else walk_files(path)
     images = [file for file in files if not_an_image(file) is None]
     skipped = [(Path(link), reason) for link, reason in broken]
-    skipped += [(file, not_an_image(file)) for file in files if not_an_image(file)]
+    skipped += [(file, reason) for file in files if (reason := not_an_image(file))]
     return images, skipped

@@ -65,6 +65,7 @@ class GradCAM:
                 chosen.backward()
         finally:
             handle.remove()
+        assert self.activations is not None and self.gradients is not None  # set by the hooks
         acts, grads = self.activations.detach(), self.gradients.detach()
         weights = grads.mean(dim=(2, 3), keepdim=True)
         cams = F.relu((weights * acts).sum(1, keepdim=True))

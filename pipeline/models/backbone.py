@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import timm
 import torch
@@ -41,8 +42,8 @@ class InputSpec:
 
     img_size: int
     interpolation: str
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # per channel
+    std: tuple[float, ...]
     crop_pct: float
 
 
@@ -71,7 +72,7 @@ def create_backbone(
 ) -> tuple[nn.Module, InputSpec, WeightsInfo]:
     """A timm model with num_classes=0: forward(x) returns pooled features (B, C)."""
     check_model_name(cfg.name)
-    kwargs = {"num_classes": 0, "global_pool": global_pool}
+    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": global_pool}
     if cfg.drop_path_rate:
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     # pretrained=False: weights are resolved and loaded here, so timm never retries a hub.

@@ -25,7 +25,9 @@ def backbone_stages(model: nn.Module) -> list[list[str]]:
     if not names:
         return []
     try:
-        grouped = group_parameters(model, model.group_matcher(coarse=True))
+        # A method of timm's models; typed on nn.Module as a submodule lookup, hence the ignore.
+        matcher = model.group_matcher(coarse=True)  # type: ignore[operator]
+        grouped = group_parameters(model, matcher)
         groups = [grouped[i] for i in sorted(grouped)]
     except (AttributeError, NotImplementedError):
         # Not a timm model (or one without a matcher): each top-level child is a stage.

@@ -129,7 +129,9 @@ def lite0_key_map(source_keys: list[str], model: nn.Module) -> dict[str, str]:
     (`_blocks.7`); timm nests them by stage (`blocks.3.2`), so the stage sizes come from
     the timm model itself."""
     flat_to_nested = [
-        (stage, block) for stage, blocks in enumerate(model.blocks) for block in range(len(blocks))
+        (stage, block)
+        for stage, blocks in enumerate(model.get_submodule("blocks").children())
+        for block, _ in enumerate(blocks.children())
     ]
     has_expand = {int(k.split(".")[1]) for k in source_keys if "._expand_conv." in k}
     mapping = {}
@@ -224,6 +226,8 @@ def convert_checkpoint(state: dict[str, torch.Tensor], model: nn.Module) -> dict
     `pre_logits.fc1/fc2` convs and `head.fc`. ResNet and Inception-v3 torchvision files
     already use timm's names (their AuxLogits are dropped with the classifier)."""
     module = sys.modules.get(type(model).__module__)
+    if module is None:  # no module to hold a converter
+        return state
     for name in ("checkpoint_filter_fn", "_filter_fn"):
         fn = getattr(module, name, None)
         if not callable(fn):

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
 from pipeline.errors import ConfigError
+from pipeline.models.classifier import Classifier
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def wrap_model(model: nn.Module, info: DistInfo, device: torch.device, sync_bn: 
             raise ConfigError("train.sync_bn=true needs CUDA devices (SyncBatchNorm is GPU-only)")
         # Keeps the Parameter objects, so an optimizer built before stays valid.
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if hasattr(model, "refresh_frozen"):
+        if isinstance(model, Classifier):
             model.refresh_frozen()  # the frozen-norm list must point at the new modules
     return DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None

@@ -163,6 +163,8 @@ def cached_feature_loaders(
 
     The train split is read in order here (one pass, no shuffling); the returned train loader
     shuffles with `seed` and the train loader's batch size, as the image loader does."""
+    # build_loader batches by batch_size (None only for a loader given a batch_sampler).
+    assert train_loader.batch_size is not None and val_loader.batch_size is not None
     in_order = DataLoader(
         train_loader.dataset,
         batch_size=val_loader.batch_size,

@@ -130,15 +130,15 @@ def rebuild_on_change(
     """An `on_epoch_start` callback for `fit`: applies the strategy for the epoch and, when
     the trainable set changed, returns a rebuilt optimizer (keeping the state of parameters
     that were already training) and the schedule at the same step."""
-    current = [optimizer, schedule]
 
     def on_epoch_start(epoch: int) -> tuple[torch.optim.Optimizer, Schedule] | None:
+        nonlocal optimizer, schedule  # the current pair, replaced on each rebuild
         if not apply_finetune(model, cfg, epoch):
             return None
         lr = optim_cfg.lr * lr_scale(cfg, epoch)
         new = build_optimizer(model, dataclasses.replace(optim_cfg, lr=lr))
-        transfer_state(current[0], new)
-        current[:] = [new, current[1].rebind(new)]
+        transfer_state(optimizer, new)
+        optimizer, schedule = new, schedule.rebind(new)
         log.info(
             "%s: epoch %d trains %d parameters (peak lr %.2e)",
             cfg.strategy,
@@ -146,6 +146,6 @@ def rebuild_on_change(
             sum(p.numel() for p in model.parameters() if p.requires_grad),
             lr,
         )
-        return new, current[1]
+        return optimizer, schedule
 
     return on_epoch_start

@@ -35,11 +35,11 @@ class OptimConfig:
             raise ConfigError(f"optim.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if not 0 < self.layer_decay <= 1:
             raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
-        self.betas = tuple(self.betas)
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
+        self.betas = (self.betas[0], self.betas[1])  # Hydra passes a list
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -76,7 +76,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 def _distance_from_head(model: nn.Module) -> dict[str, tuple[int, int]]:
     """Backbone parameter name -> (stages between it and the head, its stage index)."""
-    stages = backbone_stages(model.backbone)
+    stages = backbone_stages(model.get_submodule("backbone"))
     return {
         name: (len(stages) - index, index) for index, names in enumerate(stages) for name in names
     }

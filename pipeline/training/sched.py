@@ -66,8 +66,10 @@ class Schedule:
         self.cfg = cfg
         self.optimizer, self.epochs, self.steps_per_epoch = optimizer, epochs, steps_per_epoch
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        # Exactly one of the two is set, by sched.name.
+        self.per_batch: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.per_epoch: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         if cfg.name == "plateau":
-            self.per_batch = None
             self.per_epoch = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=cfg.plateau_factor, patience=cfg.plateau_patience
             )
@@ -76,7 +78,6 @@ class Schedule:
             self.per_batch = torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda s: lr_factor(cfg, s, total, steps_per_epoch)
             )
-            self.per_epoch = None
 
     def step_batch(self) -> None:
         if self.per_batch is not None:
@@ -94,6 +95,7 @@ class Schedule:
         if self.per_batch is not None:
             step = self.per_batch.last_epoch
             factor = self.per_batch.lr_lambdas[0](step)
+            assert new.per_batch is not None  # same config, same kind of schedule
             new.per_batch.last_epoch = step
         else:
             factor = self.optimizer.param_groups[0]["lr"] / self.base_lrs[0]
@@ -101,14 +103,21 @@ class Schedule:
                 setattr(new.per_epoch, key, getattr(self.per_epoch, key))
         for group, base in zip(optimizer.param_groups, new.base_lrs, strict=True):
             group["lr"] = base * factor
-        (new.per_batch or new.per_epoch)._last_lr = [g["lr"] for g in optimizer.param_groups]
+        new.scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         return new
 
+    @property
+    def scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        """Whichever of per_batch and per_epoch is set."""
+        scheduler = self.per_batch or self.per_epoch
+        assert scheduler is not None
+        return scheduler
+
     def state_dict(self) -> dict:
-        return (self.per_batch or self.per_epoch).state_dict()
+        return self.scheduler.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        (self.per_batch or self.per_epoch).load_state_dict(state)
+        self.scheduler.load_state_dict(state)
 
 
 def build_schedule(
