@@ -226,7 +226,7 @@ def build(args) -> tuple[dict[str, Callable[[int], None]], torch.device, torch.d
     if args.compile:
         ours.compile()  # what fit does for train.compile=true
     our_opt = build_optimizer(ours, optim_cfg)
-    schedule = build_schedule(our_opt, SchedConfig(name="cosine"), 1, 10**6)
+    schedule = build_schedule(our_opt, SchedConfig(name="cosine", warmup_epochs=0.0), 1, 10**6)
     train_cfg = TrainConfig(epochs=1, amp=args.amp, progress=False)
     batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, channels_last)
     uint8_batch = (

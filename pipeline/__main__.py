@@ -12,9 +12,9 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from pipeline.config import CONF_DIR, compose, run_config_from_dict
+from pipeline.config import CONF_DIR, compose, register_configs, run_config_from_hydra
 from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
 from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking.credentials import redact_files
@@ -39,7 +39,7 @@ def _run(cfg: DictConfig) -> float | None:
 
     try:
         _redact_hydra_records()
-        run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        run_cfg = run_config_from_hydra(cfg)
         with sigterm_as_interrupt():  # every stage: a scheduler's kill ends its run KILLED
             result = STAGE_FUNCTIONS[run_cfg.stage](
                 run_cfg, Path(HydraConfig.get().runtime.output_dir)
@@ -132,6 +132,7 @@ def _register_optuna_sweeper() -> None:
 
 
 def main() -> None:
+    register_configs()  # the dataclass schemas every conf/ option file starts from
     _register_optuna_sweeper()  # before the check: hparams_search=... composes its sweeper
     try:
         _check_command_line(sys.argv[1:])

@@ -38,8 +38,10 @@ class AugmentConfig:
         if self.preset not in PRESETS:
             raise ConfigError(f"augment.preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
         self.scale = tuple(self.scale)
-        if not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ConfigError(f"augment.scale must satisfy 0 < low <= high <= 1, got {self.scale}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(
+                f"augment.scale must be [low, high] with 0 < low <= high <= 1, got {list(self.scale)}"
+            )
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"augment.hflip is a probability, got {self.hflip}")
         if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
