@@ -100,9 +100,12 @@ def _check_command_line(argv: list[str]) -> None:
     """Compose the config as Hydra will, before Hydra makes an output folder: a typo'd key or
     group option or a bad value then ends in one line (config.composition_error) and leaves
     no folder behind. Hydra's own commands (--help, --cfg ...) and configs from elsewhere
-    (--config-dir ...) are left to Hydra; a multirun's sweep values are checked per job."""
+    (--config-dir ...) are left to Hydra. A multirun's list and range sweeps are checked one
+    value at a time (Hydra's schemas reject optim.lr=abc while composing a job, in many
+    lines); combinations are checked per job."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
     from hydra.errors import HydraException
 
     args = get_args_parser().parse_args(argv)
@@ -117,6 +120,10 @@ def _check_command_line(argv: list[str]) -> None:
         except HydraException as exc:
             raise ConfigError(first_line(exc)) from exc
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        for sweep in parsed:  # as Hydra's basic sweeper spells each job's override
+            if sweep.is_discrete_sweep() and sweep.value_type != ValueType.GLOB_CHOICE_SWEEP:
+                for value in sweep.sweep_string_iterator():
+                    compose([*overrides, f"{sweep.get_key_element()}={value}"])
     compose(overrides)
 
 

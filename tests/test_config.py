@@ -152,6 +152,7 @@ def test_cli_bad_value_prints_one_line_and_fails(tmp_path):
         (["optim.lrr=1e-3"], "error: unknown config key optim.lrr; did you mean optim.lr?"),
         (["optim=adamww"], "error: unknown optim option 'adamww'; did you mean adamw, adam?"),
         (["optim.lr=-1"], "error: optim.lr must be > 0, got -1.0"),
+        (["-m", "optim.lr=abc,1e-3"], "error: optim.lr='abc' has the wrong type (expected float)"),
         (  # fails in the stage, after Hydra made its output folder
             ["stage=evaluate", f"run_id={'0' * 32}"],
             f"error: run_id={'0' * 32} not found in sqlite:///mlruns/mlflow.db (pass "
