@@ -78,7 +78,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     images = torch.randint(0, 256, (bs, size, size, 3), dtype=torch.uint8, device=device)
     our_optimizer = build_optimizer(model, OptimConfig(name="sgd"))
-    schedule = build_schedule(our_optimizer, SchedConfig(name="cosine"), 1, 10**9)
+    schedule = build_schedule(
+        our_optimizer, SchedConfig(name="cosine", warmup_epochs=0.0), 1, 10**9
+    )
     logits = torch.randn(bs, 2, device=device)
     loss = torch.ones((), device=device)
     sums = [torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)]

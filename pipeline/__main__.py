@@ -12,10 +12,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from pipeline.commands.runtime import HydraRuntime
-from pipeline.config import CONF_DIR, compose, run_config_from_dict
+from pipeline.config import CONF_DIR, compose, register_configs, run_config_from_hydra
 from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
 from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking.credentials import redact_files
@@ -55,7 +55,7 @@ def _run(cfg: DictConfig) -> float | None:
     runtime = _hydra_runtime(hydra_cfg)
     try:
         _redact_hydra_records(hydra_cfg)
-        run_cfg = run_config_from_dict(OmegaConf.to_container(cfg, resolve=True))
+        run_cfg = run_config_from_hydra(cfg)
         with sigterm_as_interrupt():  # every stage: a scheduler's kill ends its run KILLED
             result = run_stage(run_cfg, runtime.output_dir, runtime)
         # A sweeper (hparams_search=...) optimises what the task returns: stage=search's objective.
@@ -113,9 +113,12 @@ def _check_command_line(argv: list[str]) -> None:
     """Compose the config as Hydra will, before Hydra makes an output folder: a typo'd key or
     group option or a bad value then ends in one line (config.composition_error) and leaves
     no folder behind. Hydra's own commands (--help, --cfg ...) and configs from elsewhere
-    (--config-dir ...) are left to Hydra; a multirun's sweep values are checked per job."""
+    (--config-dir ...) are left to Hydra. A multirun's list and range sweeps are checked one
+    value at a time (Hydra's schemas reject optim.lr=abc while composing a job, in many
+    lines); combinations are checked per job."""
     from hydra._internal.utils import get_args_parser
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ValueType
     from hydra.errors import HydraException
 
     args = get_args_parser().parse_args(argv)
@@ -130,6 +133,10 @@ def _check_command_line(argv: list[str]) -> None:
         except HydraException as exc:
             raise ConfigError(first_line(exc)) from exc
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        for sweep in parsed:  # as Hydra's basic sweeper spells each job's override
+            if sweep.is_discrete_sweep() and sweep.value_type != ValueType.GLOB_CHOICE_SWEEP:
+                for value in sweep.sweep_string_iterator():
+                    compose([*overrides, f"{sweep.get_key_element()}={value}"])
     compose(overrides)
 
 
@@ -145,6 +152,7 @@ def _register_optuna_sweeper() -> None:
 
 
 def main() -> None:
+    register_configs()  # the dataclass schemas every conf/ option file starts from
     _register_optuna_sweeper()  # before the check: hparams_search=... composes its sweeper
     try:
         _check_command_line(sys.argv[1:])

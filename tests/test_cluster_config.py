@@ -3,11 +3,12 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipeline.config import CONF_DIR
+from pipeline.config import CONF_DIR, register_configs
 
 
 def test_slurm_launcher_composes_with_overrides():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    register_configs()  # the base_<group> schemas the conf/ options start from
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             "config",

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, RunConfig, compose
+from pipeline.config import CONF_DIR, RunConfig, compose, register_configs, schema_groups
 
 # Options that only compose with the rest of a command line they are meant for.
 NEEDS = {
@@ -52,3 +55,75 @@ def test_option_composes(group: str, option: str):
         assert picked[group] == option
     elif group == "backbone":
         assert cfg.backbone.name.split(".")[0].endswith(option)
+
+
+# --- one source of defaults: the dataclasses, registered as base_<group> -------------------
+
+# The key that names what an option selects: kept in its file even where it equals the
+# schema default (optim/adamw.yaml says `name: adamw`), so no option file is anonymous.
+SELECTORS = {
+    "data": "name",
+    "augment": "preset",
+    "backbone": "name",
+    "head": "kind",
+    "finetune": "strategy",
+    "optim": "name",
+    "sched": "name",
+}
+
+
+def _schema_options() -> list[tuple[str, str]]:
+    return [(group, option) for group, option in _options() if group in schema_groups()]
+
+
+def _read_option(group: str, option: str) -> tuple[list, dict[str, dict], bool]:
+    """An option file's defaults list, its values per group, and whether it is _global_
+    (data/digits.yaml also sets augment.* and backbone.*)."""
+    text = (CONF_DIR / group / f"{option}.yaml").read_text()
+    values = yaml.safe_load(text) or {}
+    defaults = values.pop("defaults", [])
+    is_global = "# @package _global_" in text
+    return defaults, (values if is_global else {group: values}), is_global
+
+
+def _schema(group: str) -> dict:
+    register_configs()
+    node = ConfigStore.instance().load(f"{group}/base_{group}.yaml").node
+    return OmegaConf.to_container(node)  # a MISSING value reads as "???", as in a YAML
+
+
+def _leaves(values: dict, path: str = ""):
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{path}{key}.")
+        else:
+            yield f"{path}{key}", value
+
+
+def test_every_group_with_options_has_a_schema():
+    presets = {"experiment", "ablation", "hparams_search", "hydra"}  # no dataclass of their own
+    folders = {path.name for path in CONF_DIR.iterdir() if path.is_dir()}
+    assert folders - presets == set(schema_groups())
+
+
+@pytest.mark.parametrize(("group", "option"), _schema_options(), ids=lambda v: str(v))
+def test_option_file_starts_from_its_schema(group: str, option: str):
+    defaults, _, is_global = _read_option(group, option)
+    base = f"base_{group}@{group}" if is_global else f"base_{group}"
+    assert defaults[:2] == [base, "_self_"]
+
+
+@pytest.mark.parametrize(("group", "option"), _schema_options(), ids=lambda v: str(v))
+def test_option_file_lists_only_what_differs_from_the_schema(group: str, option: str):
+    _, values, _ = _read_option(group, option)
+    repeated = []
+    for values_group, group_values in values.items():
+        schema = _schema(values_group)
+        for key, value in _leaves(group_values):
+            default = schema
+            for part in key.split("."):
+                default = default[part]
+            selector = values_group == group and key == SELECTORS.get(group)
+            if value == default and not selector:
+                repeated.append(f"{values_group}.{key}: {value!r}")
+    assert not repeated, f"{group}/{option}.yaml repeats schema defaults: {repeated}"

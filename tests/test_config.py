@@ -5,8 +5,17 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import compose, run_config_from_dict
+from pipeline.config import CONF_DIR, compose, register_configs, run_config_from_dict
 from pipeline.errors import ConfigError
+from pipeline.evaluation.evaluate import EvalConfig
+from pipeline.evaluation.visualize import VisualizeConfig
+from pipeline.models.head import HeadConfig
+from pipeline.tracking.config import TrackingConfig
+from pipeline.training.config import TrainConfig
+from pipeline.training.finetune import FinetuneConfig
+from pipeline.training.lr_find import LRFindConfig
+from pipeline.training.optim import OptimConfig
+from pipeline.training.sched import SchedConfig
 
 
 def test_default_config_is_the_quickstart():
@@ -37,6 +46,42 @@ def test_group_choice_and_values_compose():
     assert cfg.sched.name == "step" and cfg.finetune.strategy == "frozen"
 
 
+@pytest.mark.parametrize(
+    ("group", "dataclass"),
+    [
+        ("head", HeadConfig),
+        ("finetune", FinetuneConfig),
+        ("optim", OptimConfig),
+        ("sched", SchedConfig),
+        ("train", TrainConfig),
+        ("tracking", TrackingConfig),
+        ("eval", EvalConfig),
+        ("visualize", VisualizeConfig),
+        ("lr_find", LRFindConfig),
+    ],
+)
+def test_default_options_are_the_dataclass_defaults(group, dataclass):
+    # One source of defaults: what `python -m pipeline` runs with is what the dataclass says
+    # (~experiment: without the quickstart preset, which sets train.epochs and tracking.experiment).
+    assert getattr(compose(["~experiment"]), group) == dataclass()
+
+
+def test_a_required_value_is_missing_until_given():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        folder = hydra_compose("config", overrides=["data=folder"])
+        digits = hydra_compose("config")
+    assert OmegaConf.is_missing(folder.data, "root")  # `root: ???` in --cfg job
+    assert digits.data.root is None and not OmegaConf.is_missing(digits.data, "root")
+    # The RunConfig holds None; the data loader names what to set (tests/test_data_sources.py).
+    assert compose(["data=folder"]).data.root is None
+    assert compose(["data=csv", "data.root=x.csv"]).data.root == "x.csv"
+
+
 def test_folder_data_drops_digits_input_settings():
     cfg = compose(["data=folder", "data.root=some/folder"])
     assert cfg.backbone.img_size is None and cfg.augment.hflip == 0.5
@@ -46,7 +91,11 @@ def test_folder_data_drops_digits_input_settings():
     ("override", "message"),
     [
         ("optim.lr=-1", "optim.lr must be > 0"),
-        ("optim.lr=abc", "optim.lr='abc' has the wrong type"),
+        ("optim.lr=abc", r"optim.lr='abc' has the wrong type \(expected float\)"),
+        ("optim.lr=null", "optim.lr must not be null"),
+        ("optim.betas=[0.9,abc]", r"optim.betas\[1\]='abc' has the wrong type \(expected float\)"),
+        ("backbone.img_size=abc", r"backbone.img_size='abc' has the wrong type \(expected int\)"),
+        ("augment.scale=[0.5]", r"augment.scale must be \[low, high\] with 0 < low <= high <= 1"),
         ("optim.name=lion", "optim.name='lion' is not one of"),
         ("train.early_stopping.patience=-2", "patience"),
         ("data.val_fraction=0.8", "must leave images to train on"),
@@ -74,6 +123,7 @@ def test_unknown_keys_are_rejected():
         ),
         ("optm=sgd", "unknown config key optm; did you mean optim?"),
         ("optim=adamww", "unknown optim option 'adamww'; did you mean adamw, adam?"),
+        ("optim=zzz", "unknown optim option 'zzz' (known: adagrad, adam, adamw, rmsprop, sgd)"),
         ("experiment=nope", "unknown experiment option 'nope' (known: quickstart)"),
     ],
 )
@@ -102,6 +152,7 @@ def test_cli_bad_value_prints_one_line_and_fails(tmp_path):
         (["optim.lrr=1e-3"], "error: unknown config key optim.lrr; did you mean optim.lr?"),
         (["optim=adamww"], "error: unknown optim option 'adamww'; did you mean adamw, adam?"),
         (["optim.lr=-1"], "error: optim.lr must be > 0, got -1.0"),
+        (["-m", "optim.lr=abc,1e-3"], "error: optim.lr='abc' has the wrong type (expected float)"),
         (  # fails in the stage, after Hydra made its output folder
             ["stage=evaluate", f"run_id={'0' * 32}"],
             f"error: run_id={'0' * 32} not found in sqlite:///mlruns/mlflow.db (pass "

@@ -71,7 +71,9 @@ def _train(
     optimizer = torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9
     )
-    schedule = build_schedule(optimizer, SchedConfig(name="cosine"), EPOCHS, len(train))
+    schedule = build_schedule(
+        optimizer, SchedConfig(name="cosine", warmup_epochs=0.0), EPOCHS, len(train)
+    )
 
     def unfreeze_first_layer(epoch: int):
         if epoch != 1:

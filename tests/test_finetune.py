@@ -210,7 +210,7 @@ def test_lr_multipliers_and_layer_decay_land_in_param_groups():
 def test_plateau_schedule_carries_its_reductions_over_a_rebuild():
     model = _tiny_classifier()
     optimizer = build_optimizer(model, OptimConfig(lr=1.0))
-    cfg = SchedConfig(name="plateau", plateau_patience=0, plateau_factor=0.5)
+    cfg = SchedConfig(name="plateau", warmup_epochs=0.0, plateau_patience=0, plateau_factor=0.5)
     schedule = build_schedule(optimizer, cfg, 10, 1)
     for loss in (1.0, 2.0):  # one bad epoch with patience 0: LR halves
         schedule.step_epoch(loss)

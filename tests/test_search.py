@@ -19,13 +19,14 @@ from optuna.trial import TrialState
 from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
-from pipeline.config import CONF_DIR, SearchConfig, compose, run_config_from_dict
+from pipeline.config import CONF_DIR, SearchConfig, compose, register_configs, run_config_from_dict
 from pipeline.errors import ConfigError
 from pipeline.experiments.search import objective
 from tests.conftest import tiny_overrides
 
 
 def _hydra_cfg(*overrides):
+    register_configs()  # the base_<group> schemas the conf/ options start from
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
 

@@ -204,7 +204,7 @@ def test_schedules_warm_up_and_decay():
     assert lr_factor(cos, 9, 100, 10) == pytest.approx(1.0)
     assert lr_factor(cos, 55, 100, 10) == pytest.approx(0.5)
     assert lr_factor(cos, 100, 100, 10) == pytest.approx(0.0)
-    step = SchedConfig(name="step", step_epochs=2, gamma=0.5)
+    step = SchedConfig(name="step", warmup_epochs=0, step_epochs=2, gamma=0.5)
     assert [lr_factor(step, e * 10, 100, 10) for e in (0, 1, 2, 4)] == [1.0, 1.0, 0.5, 0.25]
-    exp = SchedConfig(name="exponential", gamma=0.9)
+    exp = SchedConfig(name="exponential", warmup_epochs=0, gamma=0.9)
     assert lr_factor(exp, 20, 100, 10) == pytest.approx(0.81)

@@ -33,8 +33,6 @@ class DataConfig:
     cache_images: bool = False
 
     def __post_init__(self) -> None:
-        if self.root == "???":  # Hydra's mark for a value the config leaves to the command line
-            self.root = None
         if self.name not in SOURCES:
             raise ConfigError(f"data.name={self.name!r} is not one of: {', '.join(SOURCES)}")
         if self.kfold < 0 or self.kfold == 1:

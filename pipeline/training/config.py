@@ -17,7 +17,7 @@ class EarlyStoppingConfig:
     monitor: str = "val/loss"  # any per-epoch metric: val/loss, val/acc, ...
     mode: str = "min"  # min | max
     min_delta: float = 0.0  # smaller changes do not count as improvement
-    patience: int = 5  # stop after this many epochs in a row without improvement (Keras)
+    patience: int = 3  # stop after this many epochs in a row without improvement (Keras)
     restore_best: bool = True  # end with the best epoch's weights, not the last
 
     def __post_init__(self) -> None:

@@ -15,7 +15,7 @@ SCHEDULES = ("constant", "cosine", "step", "exponential", "plateau")
 @dataclass
 class SchedConfig:
     name: str = "cosine"  # constant | cosine | step | exponential | plateau
-    warmup_epochs: float = 0.0  # linear ramp from 0 (not with plateau)
+    warmup_epochs: float = 1.0  # linear ramp from 0; plateau: 0 (it has no warmup)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak LR
     step_epochs: int = 10  # step: decay every N epochs
     gamma: float = 0.1  # step: factor per step; exponential: factor per epoch
