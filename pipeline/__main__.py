@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -51,13 +52,15 @@ def _redact_hydra_records(hydra_cfg: DictConfig) -> None:
 def _run(cfg: DictConfig) -> float | None:
     from pipeline.commands import run_stage
 
-    hydra_cfg = HydraConfig.get()
+    # Typed as its schema (HydraConf), but it is the DictConfig built from that schema.
+    hydra_cfg = cast(DictConfig, HydraConfig.get())
     runtime = _hydra_runtime(hydra_cfg)
     try:
         _redact_hydra_records(hydra_cfg)
         run_cfg = run_config_from_hydra(cfg)
+        out_dir = Path(hydra_cfg.runtime.output_dir)  # = runtime.output_dir, there Optional
         with sigterm_as_interrupt():  # every stage: a scheduler's kill ends its run KILLED
-            result = run_stage(run_cfg, runtime.output_dir, runtime)
+            result = run_stage(run_cfg, out_dir, runtime)
         # A sweeper (hparams_search=...) optimises what the task returns: stage=search's objective.
         return result if isinstance(result, float) else None
     except PipelineError as exc:
@@ -162,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

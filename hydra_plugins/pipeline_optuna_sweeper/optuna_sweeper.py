@@ -13,14 +13,15 @@ Hydra imports every plugin module at startup, so optuna is imported only when a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
@@ -39,14 +40,22 @@ def distribution(override: Override) -> Any:
 
     sweep = override.value()
     log_scale = "log" in getattr(sweep, "tags", set())
-    if override.is_interval_sweep():
+    if isinstance(sweep, IntervalSweep):
+        if sweep.start is None or sweep.end is None:  # Hydra's parser always sets both
+            raise ValueError("interval(...) needs a start and an end")
         return FloatDistribution(sweep.start, sweep.end, log=log_scale)
-    values = list(override.sweep_iterator(transformer=Transformer.encode))
-    if override.is_range_sweep() and not sweep.shuffle:
-        low, high, step = min(values), max(values), abs(sweep.step)
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(low, high, step=step, log=log_scale)
-        return FloatDistribution(low, high, step=step, log=log_scale)
+    # Hydra types the values as any element, but Transformer.encode keeps str, int, float and
+    # bool and writes anything else (a list, a dict) as its override string.
+    values = cast(
+        "list[str | int | float]", list(override.sweep_iterator(transformer=Transformer.encode))
+    )
+    if isinstance(sweep, RangeSweep) and not sweep.shuffle:
+        step = abs(sweep.step)
+        ints = [v for v in values if isinstance(v, int)]
+        if len(ints) == len(values) and isinstance(step, int):  # Hydra lists ints or floats
+            return IntDistribution(min(ints), max(ints), step=step, log=log_scale)
+        floats = [v for v in values if isinstance(v, int | float)]
+        return FloatDistribution(min(floats), max(floats), step=step, log=log_scale)
     if log_scale:
         raise ValueError("tag(log, ...) applies to interval(...) or range(...)")
     return CategoricalDistribution(values)
@@ -85,6 +94,15 @@ def trial_outcome(job: JobReturn) -> float | BaseException:
     return float(value)
 
 
+def study_direction(direction: str) -> Literal["maximize", "minimize"]:
+    """The direction as the literal optuna.create_study takes, or a ConfigError."""
+    if direction == "maximize":
+        return "maximize"
+    if direction == "minimize":
+        return "minimize"
+    raise ConfigError(f"hydra.sweeper.direction must be maximize or minimize, got {direction!r}")
+
+
 def sqlite_parent_made(storage: str | None) -> None:
     """sqlite:///mlruns/optuna.db cannot be opened before mlruns/ exists."""
     prefix = "sqlite:///"
@@ -93,6 +111,9 @@ def sqlite_parent_made(storage: str | None) -> None:
 
 
 class OptunaSweeper(Sweeper):
+    config: DictConfig  # Sweeper declares these Optional: setup() sets them before any sweep
+    launcher: Launcher
+
     def __init__(
         self,
         sampler: DictConfig,
@@ -109,7 +130,7 @@ class OptunaSweeper(Sweeper):
         self.study_name = study_name
         self.n_trials = n_trials
         self.n_jobs = n_jobs
-        self.params = params or {}
+        self.params: Mapping[str, Any] = params or {}
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
@@ -127,15 +148,12 @@ class OptunaSweeper(Sweeper):
             raise SystemExit(f"error: {exc}") from None
 
     def _sweep(self, arguments: list[str]) -> None:
-        if self.direction not in ("maximize", "minimize"):
-            raise ConfigError(
-                f"hydra.sweeper.direction must be maximize or minimize, got {self.direction!r}"
-            )
+        direction = study_direction(self.direction)
         if self.n_jobs < 1:
             raise ConfigError(f"hydra.sweeper.n_jobs must be at least 1, got {self.n_jobs}")
         params = [f"{key}={value}" for key, value in self.params.items()]
         space, fixed = search_space([*params, *arguments])
-        study = self._open_study()
+        study = self._open_study(direction)
         to_run = self.n_trials
         while to_run > 0:
             trials = [study.ask(space) for _ in range(min(to_run, self.n_jobs))]
@@ -143,7 +161,7 @@ class OptunaSweeper(Sweeper):
             to_run -= len(trials)
         self._save_results(study)
 
-    def _open_study(self) -> Any:
+    def _open_study(self, direction: Literal["maximize", "minimize"]) -> Any:
         import optuna
 
         sqlite_parent_made(self.storage)
@@ -151,7 +169,7 @@ class OptunaSweeper(Sweeper):
             study = optuna.create_study(
                 study_name=self.study_name,
                 storage=self.storage,
-                direction=self.direction,
+                direction=direction,
                 load_if_exists=True,
             )
         except Exception as exc:  # SQLAlchemy's URL and driver errors: many types, one cause
@@ -173,7 +191,8 @@ class OptunaSweeper(Sweeper):
     def _sampler(self, seed_offset: int) -> Any:
         """A seeded sampler starts its random stream afresh in every process: offset the seed
         by the study's trials, or a continued study re-proposes the trials it already ran."""
-        sampler = OmegaConf.to_container(self.sampler, resolve=True)
+        # A DictConfig with string keys gives a dict of them (to_container's type is any node's).
+        sampler = cast("dict[str, Any]", OmegaConf.to_container(self.sampler, resolve=True))
         if sampler.get("seed") is not None:
             sampler["seed"] += seed_offset
         try:

@@ -7,6 +7,7 @@ stage `x` runs `run_x`. The stages that need Hydra's view of the job (the comman
 sweep) also take a `runtime.HydraRuntime`, which `__main__` reads once.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from pipeline.commands.train import run_train
 from pipeline.commands.visualize import run_visualize
 from pipeline.config import STAGES, RunConfig
 
-_COMMANDS = {
+_COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_STAGES
     command.__name__: command
     for command in (
         run_ablate,

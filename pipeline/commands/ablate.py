@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import resource
 import sys
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA):
         return None
     if ablation.narrowed or not tracking.enabled:
         # Parallel narrowed jobs share the parent: only the summarising run opens and ends it.
-        parent_ctx = nullcontext(Run())
+        parent_ctx: AbstractContextManager[Run] = nullcontext(Run())
     else:
         parent_ctx = start_run(tracking, run_id=parent_id)  # Ctrl-C marks the parent KILLED
     with parent_ctx as opened:

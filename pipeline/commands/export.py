@@ -27,7 +27,7 @@ from pipeline.evaluation.export import (
     export_torchscript,
     onnx_runner,
 )
-from pipeline.tracking.runs import Run, fluent_run
+from pipeline.tracking.runs import fluent_run
 from pipeline.tracking.store import check_store
 
 log = logging.getLogger(__name__)
@@ -43,14 +43,14 @@ class ExportResult:
 
 
 def _log_mlflow_model(
-    run: Run, tracking_uri: str, fmt: str, exported, example: np.ndarray, probs, labels
+    run_id: str, tracking_uri: str, fmt: str, exported, example: np.ndarray, probs, labels
 ) -> str:
     """`exported`: the ONNX file for format=onnx, else the eager ExportModel."""
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, probs)
     metadata = {"class_names": labels, "input": "uint8 NHWC RGB", "output": "probs"}
-    with fluent_run(tracking_uri, run.run_id) as mlflow:
+    with fluent_run(tracking_uri, run_id) as mlflow:
         if fmt == "onnx":
             import onnx
             import onnxruntime
@@ -128,9 +128,9 @@ def run_export(cfg: RunConfig, out_dir: Path) -> ExportResult:
         run.log_metrics({"export/max_abs_diff": diff})
         run.log_artifact(path)
         run.log_artifact(labels_path)
-        if run.active:
+        if run.run_id is not None:  # tracking is on
             model_uri = _log_mlflow_model(
-                run,
+                run.run_id,
                 cfg.tracking.uri,
                 cfg.format,
                 path if cfg.format == "onnx" else model,

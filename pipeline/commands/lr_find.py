@@ -65,7 +65,7 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     tags = {"stage": "lr_find", "backbone": cfg.backbone.name}
     with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "lr_find")) as run:
         run.log_params({**flatten(cfg.to_dict()), "weights_source": setup.weights.source})
-        metrics = {"lr_find/steps_run": len(result.lrs)}
+        metrics: dict[str, float] = {"lr_find/steps_run": len(result.lrs)}
         if math.isfinite(result.suggested_lr):
             metrics["lr_find/suggested_lr"] = result.suggested_lr
         run.log_metrics(metrics)

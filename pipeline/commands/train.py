@@ -43,7 +43,7 @@ from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.features import cached_feature_loaders, check_cache_features
 from pipeline.training.finetune import rebuild_on_change
 from pipeline.training.guards import out_of_memory
-from pipeline.training.loop import FitResult, fit, predict
+from pipeline.training.loop import BatchSource, FitResult, ToDevice, fit, predict
 from pipeline.training.precision import resolve_device, use_fast_cuda_kernels
 from pipeline.training.resume import ResumePoint, find_resume_point, owner_tags
 
@@ -114,12 +114,20 @@ def _fit_and_test(
 ):
     """Train with model selection on val, then touch the test split exactly once."""
     amp = training.amp_dtype
-    model, batches = training.train_model, training.batches
-    train_loader, val_loader = training.loaders["train"], training.loaders["val"]
+    model: torch.nn.Module = training.train_model
+    batches: ToDevice = training.batches
+    train_loader: BatchSource = training.loaders["train"]
+    val_loader: BatchSource = training.loaders["val"]
+    assert training.schedule is not None  # build_training builds one unless told not to
     if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
         use_fast_cuda_kernels(device)  # fit sets these too, but after this pass
         model, train_loader, val_loader, batches = cached_feature_loaders(
-            training.model, train_loader, val_loader, batches, amp, cfg.seed
+            training.model,
+            training.loaders["train"],
+            training.loaders["val"],
+            training.batches,
+            amp,
+            cfg.seed,
         )
     result = fit(
         model,
@@ -179,7 +187,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     training = build_training(cfg, splits, device, dist_info)
     check_batch_norm_batches(cfg, training)
     derived_params = derived_params_of(cfg, splits, training, device, dist_info)
-    if resume is not None:
+    if resume is not None and cfg.train.resume:  # (a resume point comes from train.resume)
         _check_checkpoint_fits(training.model, resume.state, cfg.train.resume)
 
     checkpoint_dir = resume.checkpoint_dir if resume else out_dir / "checkpoints"

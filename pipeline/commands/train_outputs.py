@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -57,7 +57,7 @@ def test_report_files(
 
 
 def save_outputs(
-    run: Run, files: dict[Path, Callable[[Path], object] | None], subdir: str | None = None
+    run: Run, files: Mapping[Path, Callable[[Path], object] | None], subdir: str | None = None
 ) -> list[str]:
     """Write (where a writer is given) and upload each file, after the run's metrics are
     logged: a full disk or a refused upload then costs that file, not the finished run.

@@ -9,7 +9,7 @@ MLflow run starts, so bad input fails first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +24,7 @@ from pipeline.data.mix import MixBatch, build_batch_transform
 from pipeline.data.splits import Splits
 from pipeline.errors import ConfigError
 from pipeline.models.backbone import InputSpec
-from pipeline.models.classifier import build_model
+from pipeline.models.classifier import Classifier, build_model
 from pipeline.models.weights import WeightsInfo
 from pipeline.training import distributed
 from pipeline.training.finetune import apply_finetune, batch_norm_trains
@@ -40,7 +40,7 @@ SPLITS = ("train", "val", "test")
 class TrainingSetup:
     """Everything a training step needs, as stage=train builds it."""
 
-    model: torch.nn.Module  # the bare model: checkpoints, EMA, finetune rebuilds, test
+    model: Classifier  # the bare model: checkpoints, EMA, finetune rebuilds, test
     train_model: torch.nn.Module  # the model the steps run: DDP-wrapped under torchrun
     spec: InputSpec
     weights: WeightsInfo
@@ -124,7 +124,8 @@ def build_training(
     channels_last = (
         device.type == "cuda" if cfg.train.channels_last is None else cfg.train.channels_last
     )
-    model = model.to(
+    # torch's stubs type memory_format as a keyword only of the .to(memory_format) overload.
+    model = model.to(  # type: ignore[call-overload]
         device, memory_format=torch.channels_last if channels_last else torch.preserve_format
     )
     optimizer = build_optimizer(model, cfg.optim)
@@ -162,6 +163,8 @@ def check_batch_norm_batches(cfg: RunConfig, setup: TrainingSetup) -> None:
     """BatchNorm in train mode fails on a batch of one image, an epoch into an open MLflow
     run: refuse such a config before the run starts."""
     loader = setup.loaders["train"]
+    # build_loader batches by batch_size, drawn by a sampler that has a length.
+    assert loader.batch_size is not None and isinstance(loader.sampler, Sized)
     drawn, size = len(loader.sampler), loader.batch_size
     smallest = size if loader.drop_last else drawn % size or size
     if smallest > 1 or not batch_norm_trains(setup.model, cfg.finetune, cfg.train.epochs):

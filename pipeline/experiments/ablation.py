@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import MODES, RESERVED_KEYS, AblationConfig, override_key
@@ -74,7 +75,7 @@ def build_variants(cfg: AblationConfig) -> list[Variant]:
     ]
 
 
-def plan_children(cfg: AblationConfig, passthrough: list[str] = ()) -> list[Child]:
+def plan_children(cfg: AblationConfig, passthrough: Sequence[str] = ()) -> list[Child]:
     """Every (variant, seed) child in run order: seed-major, so an interrupted ablation
     already has complete seeds for every variant to compare."""
     variants = build_variants(cfg)

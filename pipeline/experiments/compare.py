@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,12 +67,13 @@ class VariantSummary:
     paired: Paired | None = None
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; nan with fewer than two values)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
+def mean_std(values: Sequence[float | None]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; nan with fewer than two values); missing
+    (None or nan) values are left out."""
+    present = [v for v in values if v is not None and not math.isnan(v)]
+    if not present:
         return math.nan, math.nan
-    arr = np.asarray(values, dtype=float)
+    arr = np.asarray(present, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else math.nan
 
 

@@ -98,7 +98,7 @@ def _create_parent(
     sorts first; each then keeps its own (two parents; their children stay linked)."""
     run_id = client.create_run(experiment_id, tags=dict(tags), run_name=name).info.run_id
     oldest = find_parent(client, experiment_id, tags)
-    if oldest != run_id:
+    if oldest is not None and oldest != run_id:
         client.delete_run(run_id)
         log.info("%s: a parallel job created parent run %s first; using it", name, oldest)
         return oldest

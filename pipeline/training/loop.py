@@ -10,15 +10,15 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from pipeline.errors import ConfigError, TrainingError
@@ -38,6 +38,23 @@ log = logging.getLogger(__name__)
 # --- one pass over the data ------------------------------------------------------------------
 
 
+class BatchSource(Protocol):
+    """Where a pass reads its (images, labels) batches: a DataLoader, or a FeatureLoader."""
+
+    def __iter__(self) -> Iterator[Any]: ...
+    def __len__(self) -> int: ...
+
+
+class ToDevice(Protocol):
+    """Readies a batch for the model on `device`: Batches, or FeatureBatches."""
+
+    device: torch.device
+
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, /
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 @dataclass
 class Batches:
     """Moves uint8 NHWC batches to the device and normalises them there."""
@@ -55,7 +72,7 @@ class Batches:
         return images, labels.to(self.device, non_blocking=True)
 
 
-def _progress(loader: DataLoader, desc: str, enabled: bool):
+def _progress(loader: BatchSource, desc: str, enabled: bool):
     return tqdm(
         loader, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr
     )
@@ -87,8 +104,8 @@ def optimizer_step(
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DataLoader,
-    batches: Batches,
+    loader: BatchSource,
+    batches: ToDevice,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     cfg: TrainConfig,
@@ -165,7 +182,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: DataLoader, batches: Batches, amp_dtype: torch.dtype | None
+    model: nn.Module, loader: BatchSource, batches: ToDevice, amp_dtype: torch.dtype | None
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean loss, softmax probabilities (N, C) and targets (N,) over a loader."""
     model.eval()
@@ -204,12 +221,12 @@ class FitResult:
 
 def fit(
     model: nn.Module,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
+    train_loader: BatchSource,
+    val_loader: BatchSource,
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
     cfg: TrainConfig,
-    batches: Batches,
+    batches: ToDevice,
     checkpoint_dir: Path,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
     on_epoch_start: Callable[[int], tuple[torch.optim.Optimizer, Schedule] | None] | None = None,
@@ -260,7 +277,7 @@ def fit(
         eval_model = ema.module if ema is not None else model
         # Shuffle order, augmentations and mixing are functions of (seed, epoch): tell them which.
         for part in (getattr(train_loader, "sampler", None), batch_transform):
-            if hasattr(part, "set_epoch"):
+            if part is not None and hasattr(part, "set_epoch"):
                 part.set_epoch(epoch)
         train = train_one_epoch(
             model,
