@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 import pipeline.commands.train as train_stage  # noqa: E402
 from benchmarks.report import emit  # noqa: E402
-from pipeline.config import compose  # noqa: E402
+from pipeline.compose import compose  # noqa: E402
 from pipeline.training.precision import resolve_device  # noqa: E402
 
 

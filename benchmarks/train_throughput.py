@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))  # run from anywhere without installing
 
 from benchmarks.report import emit  # noqa: E402
 from pipeline.commands.training_setup import build_training  # noqa: E402
-from pipeline.config import compose  # noqa: E402
+from pipeline.compose import compose  # noqa: E402
 from pipeline.data.loader import default_num_workers  # noqa: E402
 from pipeline.data.sources import ImageSet, scan_class_folders  # noqa: E402
 from pipeline.data.splits import Splits  # noqa: E402

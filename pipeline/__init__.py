@@ -7,7 +7,7 @@ only point down this list (tests/test_layering.py checks it):
     errors, repro, signals          shared by all
     data, models, tracking          images in; the network; MLflow
     training, evaluation            fitting; judging (evaluation may use training)
-    config                          RunConfig: every group's settings, validation
+    config, compose                 RunConfig: every group's settings, validation; Hydra
     experiments                     ablations, search, k-fold: many runs
     commands, __main__              the CLI stages
 """

@@ -16,7 +16,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline.commands.runtime import HydraRuntime
-from pipeline.config import CONF_DIR, compose, register_configs, run_config_from_hydra
+from pipeline.compose import compose, register_configs, run_config_from_hydra
+from pipeline.config import CONF_DIR
 from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
 from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking.credentials import redact_files

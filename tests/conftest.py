@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.config import RunConfig, compose
+from pipeline.compose import compose
+from pipeline.config import RunConfig
 
 SHARED_ANTS_BEES = Path(__file__).resolve().parents[2] / "shared" / "data" / "hymenoptera_data"
 

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.commands.ablate import run_ablate
 from pipeline.commands.runtime import HydraRuntime
-from pipeline.config import AblationConfig, compose
+from pipeline.compose import compose
+from pipeline.config import AblationConfig
 from pipeline.errors import TrainingError
 from tests.conftest import tiny_overrides, write_image_folder
 

@@ -7,7 +7,7 @@ import torchvision
 from safetensors.torch import save_file
 
 from pipeline.commands.download import run_download
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.models.backbone import BackboneConfig, create_backbone, use_fast_pooling
 from pipeline.models.classifier import build_model

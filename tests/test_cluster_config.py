@@ -3,7 +3,8 @@
 import pytest
 from hydra import compose, initialize_config_dir
 
-from pipeline.config import CONF_DIR, register_configs
+from pipeline.compose import register_configs
+from pipeline.config import CONF_DIR
 
 
 def test_slurm_launcher_composes_with_overrides():

@@ -26,7 +26,7 @@ from pipeline.commands.predict import run_predict
 from pipeline.commands.train import run_train
 from pipeline.commands.trained_run import load_trained
 from pipeline.commands.visualize import run_visualize
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.evaluate import tta_probs
 from pipeline.evaluation.export import ExportModel

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from pipeline.config import AblationConfig, compose
+from pipeline.compose import compose
+from pipeline.config import AblationConfig
 from pipeline.errors import ConfigError
 from pipeline.experiments.ablation import passthrough_overrides, plan_children
 from pipeline.experiments.compare import (

@@ -8,7 +8,8 @@ import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from pipeline.config import CONF_DIR, RunConfig, compose, register_configs, schema_groups
+from pipeline.compose import compose, register_configs, schema_groups
+from pipeline.config import CONF_DIR, RunConfig
 
 # Options that only compose with the rest of a command line they are meant for.
 NEEDS = {

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import CONF_DIR, compose, register_configs, run_config_from_dict
+from pipeline.compose import compose, register_configs
+from pipeline.config import CONF_DIR, run_config_from_dict
 from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import EvalConfig
 from pipeline.evaluation.visualize import VisualizeConfig

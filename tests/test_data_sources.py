@@ -10,7 +10,7 @@ from urllib.error import URLError
 import numpy as np
 import pytest
 
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.data.cifar import ARCHIVES, load_cifar, read_archive, unpickle_batch
 from pipeline.data.config import DataConfig
 from pipeline.data.splits import build_splits, run_splits

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from pipeline.commands.evaluate import run_evaluate
 from pipeline.commands.train import run_train
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.data.config import DataConfig
 from pipeline.data.splits import build_splits, kfold_splits, stratified_folds
 from pipeline.errors import ConfigError

@@ -18,11 +18,13 @@ RANKS = {
     "training": 2,
     "evaluation": 2,
     "config": 3,
+    "compose": 3,  # Hydra's side of config: schemas registered, composition, its errors
     "experiments": 4,
     "commands": 5,
     "__main__": 5,
 }
-FORBIDDEN = {("training", "evaluation")}  # same rank, one way: evaluation may import training
+# Same rank, one way: evaluation may import training; compose (Hydra) builds on config.
+FORBIDDEN = {("training", "evaluation"), ("config", "compose")}
 
 
 def module_name(path: Path) -> str:

@@ -19,7 +19,8 @@ from optuna.trial import TrialState
 from hydra_plugins.pipeline_optuna_sweeper.optuna_sweeper import OptunaSweeper, search_space
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
-from pipeline.config import CONF_DIR, SearchConfig, compose, register_configs, run_config_from_dict
+from pipeline.compose import compose, register_configs
+from pipeline.config import CONF_DIR, SearchConfig, run_config_from_dict
 from pipeline.errors import ConfigError
 from pipeline.experiments.search import objective
 from tests.conftest import tiny_overrides

@@ -13,7 +13,7 @@ from pipeline.commands import lr_find as lr_find_stage
 from pipeline.commands import train as train_stage
 from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.train import run_train
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.errors import ConfigError
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.credentials import redact, take_credentials

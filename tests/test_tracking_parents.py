@@ -12,7 +12,8 @@ import pipeline.commands.train as train_stage
 from pipeline.commands.ablate import run_ablate
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
-from pipeline.config import AblationConfig, SearchConfig, compose
+from pipeline.compose import compose
+from pipeline.config import AblationConfig, SearchConfig
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.parents import child_tracking, find_or_create_parent
 from pipeline.tracking.store import mlflow_client

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from pipeline.commands.train import run_train
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.data.loader import DeviceNormalize, build_loader
 from pipeline.errors import ConfigError
 from pipeline.repro import set_deterministic

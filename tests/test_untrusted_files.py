@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipeline.commands.trained_run import load_trained
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.models.weights import read_state_dict
 from pipeline.training.checkpoint import load_checkpoint

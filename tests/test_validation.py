@@ -3,7 +3,7 @@
 import pytest
 
 from pipeline.commands.train import run_train
-from pipeline.config import compose
+from pipeline.compose import compose
 from pipeline.errors import ConfigError
 
 

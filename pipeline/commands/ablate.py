@@ -19,7 +19,8 @@ from typing import Any
 
 from pipeline.commands import train as train_command  # run_train looked up per call
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
-from pipeline.config import RunConfig, compose
+from pipeline.compose import compose
+from pipeline.config import RunConfig
 from pipeline.errors import PipelineError, TrainingError
 from pipeline.experiments.ablation import (
     BASELINE,
