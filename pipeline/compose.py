@@ -21,10 +21,12 @@ def run_config_from_hydra(cfg: Any) -> RunConfig:
     from omegaconf import OmegaConf
 
     values = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(values, dict):  # a composed config is always a mapping
+        raise ConfigError(f"the composed config is not a mapping: {values!r}")
     for key in OmegaConf.missing_keys(cfg):  # dotted dict paths: no list item is MISSING
         *parents, name = key.split(".")
         functools.reduce(dict.__getitem__, parents, values)[name] = None
-    return run_config_from_dict(values)
+    return run_config_from_dict({str(k): v for k, v in values.items()})
 
 
 # Values the composed config leaves to an option or the command line (`???`): data.root

@@ -208,7 +208,7 @@ def _build(cls: type, values: Any, path: str) -> Any:
     for name, value in values.items():
         hint = hints[name]
         key = f"{path}.{name}" if path else name
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             value = _build(hint, value, key)
         else:
             value = _check_type(value, hint, key)
