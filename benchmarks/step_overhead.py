@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.report import emit  # noqa: E402
 from pipeline.data.loader import DeviceNormalize  # noqa: E402
-from pipeline.training.loop import Batches  # noqa: E402
+from pipeline.training.batches import Batches  # noqa: E402
 from pipeline.training.optim import OptimConfig, build_optimizer  # noqa: E402
 from pipeline.training.precision import resolve_device  # noqa: E402
 from pipeline.training.sched import SchedConfig, build_schedule  # noqa: E402

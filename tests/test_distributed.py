@@ -13,8 +13,9 @@ from torch.utils.data import DistributedSampler, TensorDataset
 from pipeline.data.loader import DeviceNormalize, build_loader
 from pipeline.errors import ConfigError
 from pipeline.training import distributed
+from pipeline.training.batches import Batches
 from pipeline.training.config import EarlyStoppingConfig, TrainConfig
-from pipeline.training.loop import Batches, fit
+from pipeline.training.loop import fit
 from pipeline.training.optim import transfer_state
 from pipeline.training.sched import SchedConfig, build_schedule
 

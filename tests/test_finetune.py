@@ -13,6 +13,7 @@ from pipeline.errors import ConfigError
 from pipeline.models.classifier import Classifier, build_model
 from pipeline.models.head import HeadConfig, build_head
 from pipeline.models.layer_groups import backbone_stages
+from pipeline.training.batches import Batches
 from pipeline.training.config import TrainConfig
 from pipeline.training.finetune import (
     FinetuneConfig,
@@ -21,7 +22,7 @@ from pipeline.training.finetune import (
     rebuild_on_change,
     trainable_stages,
 )
-from pipeline.training.loop import Batches, fit
+from pipeline.training.loop import fit
 from pipeline.training.optim import OptimConfig, build_optimizer
 from pipeline.training.sched import SchedConfig, build_schedule, lr_factor
 

@@ -12,10 +12,11 @@ from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
 from pipeline.data.splits import build_splits
 from pipeline.errors import TrainingError
 from pipeline.models.classifier import build_model
+from pipeline.training.batches import Batches
 from pipeline.training.config import EarlyStoppingConfig, TrainConfig
 from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.finetune import apply_finetune
-from pipeline.training.loop import Batches, fit
+from pipeline.training.loop import fit
 from pipeline.training.optim import build_optimizer
 from pipeline.training.sched import SchedConfig, build_schedule, lr_factor
 

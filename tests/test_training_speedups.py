@@ -17,11 +17,12 @@ from pipeline.compose import compose
 from pipeline.data.loader import DeviceNormalize, build_loader
 from pipeline.errors import ConfigError
 from pipeline.repro import set_deterministic
+from pipeline.training.batches import Batches
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.config import EarlyStoppingConfig, TrainConfig
 from pipeline.training.ema import ModelEma
 from pipeline.training.features import FeatureLoader, check_cache_features
-from pipeline.training.loop import Batches, fit, optimizer_steps_per_epoch, predict, train_one_epoch
+from pipeline.training.loop import fit, optimizer_steps_per_epoch, predict, train_one_epoch
 from pipeline.training.sched import SchedConfig, build_schedule
 
 CONSTANT_LR = SchedConfig(name="constant", warmup_epochs=0)

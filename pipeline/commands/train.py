@@ -39,11 +39,12 @@ from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.tracking.runs import Run, run_name_for, start_run
 from pipeline.tracking.store import check_store
 from pipeline.training import distributed
+from pipeline.training.batches import BatchSource, ToDevice
 from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.features import cached_feature_loaders, check_cache_features
 from pipeline.training.finetune import rebuild_on_change
 from pipeline.training.guards import out_of_memory
-from pipeline.training.loop import BatchSource, FitResult, ToDevice, fit, predict
+from pipeline.training.loop import FitResult, fit, predict
 from pipeline.training.precision import resolve_device, use_fast_cuda_kernels
 from pipeline.training.resume import ResumePoint, find_resume_point, owner_tags
 

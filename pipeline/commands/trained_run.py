@@ -28,8 +28,8 @@ from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier, build_model
 from pipeline.tracking.runs import run_name_for, start_run
 from pipeline.tracking.store import mlflow_client, store_missing
+from pipeline.training.batches import Batches
 from pipeline.training.checkpoint import load_checkpoint
-from pipeline.training.loop import Batches
 from pipeline.training.precision import resolve_device
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,9 @@ from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier, build_model
 from pipeline.models.weights import WeightsInfo
 from pipeline.training import distributed
+from pipeline.training.batches import Batches
 from pipeline.training.finetune import apply_finetune, batch_norm_trains
-from pipeline.training.loop import Batches, optimizer_steps_per_epoch
+from pipeline.training.loop import optimizer_steps_per_epoch
 from pipeline.training.optim import build_optimizer
 from pipeline.training.precision import resolve_amp
 from pipeline.training.sched import Schedule, build_schedule

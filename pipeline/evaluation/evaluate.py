@@ -21,7 +21,8 @@ from pipeline.evaluation.metrics import (
     expected_calibration_error,
     topk_accuracy,
 )
-from pipeline.training.loop import Batches, predict
+from pipeline.training.batches import Batches
+from pipeline.training.loop import predict
 from pipeline.training.precision import autocast
 
 TTA_MODES = ("none", "flip")

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from pipeline.data.loader import EpochSampler
 from pipeline.errors import ConfigError
 from pipeline.models.classifier import Classifier
-from pipeline.training.loop import Batches
+from pipeline.training.batches import Batches
 from pipeline.training.precision import autocast
 
 

@@ -10,10 +10,9 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.training import distributed
+from pipeline.training.batches import BatchSource, ToDevice
 from pipeline.training.checkpoint import remove_torn_writes, save_atomic
 from pipeline.training.config import TrainConfig
 from pipeline.training.early_stopping import BestCheckpoint, EarlyStopping
@@ -36,40 +36,6 @@ log = logging.getLogger(__name__)
 
 
 # --- one pass over the data ------------------------------------------------------------------
-
-
-class BatchSource(Protocol):
-    """Where a pass reads its (images, labels) batches: a DataLoader, or a FeatureLoader."""
-
-    def __iter__(self) -> Iterator[Any]: ...
-    def __len__(self) -> int: ...
-
-
-class ToDevice(Protocol):
-    """Readies a batch for the model on `device`: Batches, or FeatureBatches."""
-
-    device: torch.device
-
-    def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, /
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
-
-
-@dataclass
-class Batches:
-    """Moves uint8 NHWC batches to the device and normalises them there."""
-
-    normalize: nn.Module
-    device: torch.device
-    channels_last: bool
-
-    def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        images = self.normalize(images.to(self.device, non_blocking=True))
-        if not self.channels_last:
-            images = images.contiguous()
-        return images, labels.to(self.device, non_blocking=True)
 
 
 def _progress(loader: BatchSource, desc: str, enabled: bool):

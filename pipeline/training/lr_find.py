@@ -16,7 +16,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from pipeline.errors import ConfigError
-from pipeline.training.loop import Batches, optimizer_step
+from pipeline.training.batches import Batches
+from pipeline.training.loop import optimizer_step
 from pipeline.training.precision import autocast, grad_scaler
 
 
