@@ -149,6 +149,20 @@ def test_a_full_disk_while_the_store_is_created_leaves_nothing_broken(tmp_path):
     assert _run_count(db) == 1
 
 
+def test_the_default_relative_sqlite_uri_opens_an_existing_store(tmp_path, monkeypatch):
+    # tracking.uri=sqlite:///mlruns/mlflow.db (the default) is relative to the working folder;
+    # before the fix every run after a store's first failed: "cannot open the MLflow store:
+    # relative path can't be expressed as a file URI".
+    monkeypatch.chdir(tmp_path)
+    tracking = TrackingConfig(uri="sqlite:///mlruns/mlflow.db", experiment="relative")
+    for name in ("first", "second"):
+        with start_run(tracking, name=name):
+            pass
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("relative").experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["first", "second"]
+
+
 # --- credentials in the URI -----------------------------------------------------------------
 
 

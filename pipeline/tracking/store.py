@@ -79,7 +79,8 @@ def _sqlite_store_state(db: Path) -> str:
     if not db.is_file():
         return "missing"
     try:
-        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as con:
+        # absolute(): the default sqlite:///mlruns/mlflow.db is relative, and as_uri() needs it
+        with closing(sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True)) as con:
             tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
             if _has_rows(con, tables, "experiments"):
                 return "ready"
