@@ -38,6 +38,20 @@ def test_csv_with_split_column_keeps_it_and_resolves_paths_relative_to_the_csv(t
     assert Path(splits.train.items[0]).is_file() and str(images) in splits.train.items[0]
 
 
+def test_csv_split_cells_left_empty_join_train(tmp_path):
+    # docs/data.md: "empty cells join train"; before, a manifest that marked only val and
+    # test stopped with "the split column names no train rows".
+    write_image_folder(tmp_path / "imgs", classes=("cat", "dog"), per_class=6)
+    rows = ["path,label,split"]
+    for name in ("cat", "dog"):
+        for i in range(6):
+            split = {4: "val", 5: "test"}.get(i, "")
+            rows.append(f"imgs/{name}/img {i}.png,{name},{split}")
+    csv_path = _csv(tmp_path / "labels.csv", rows)
+    splits = build_splits(DataConfig(name="csv", root=str(csv_path)), seed=0)
+    assert splits.sizes() == {"train": 8, "val": 2, "test": 2}
+
+
 def test_csv_without_split_column_is_split_stratified(tmp_path):
     write_image_folder(tmp_path / "imgs", classes=("a", "b"), per_class=10)
     rows = ["label,path"] + [f"{c},imgs/{c}/img {i}.png" for c in "ab" for i in range(10)]

@@ -102,7 +102,7 @@ def load_csv(path: Path) -> tuple[dict[str, ImageSet], list[tuple[str, str]]]:
         raise DataError(f"{path}: split column values must be train, val or test, got {unknown}")
     if not any(splits):
         return {"all": images}, []
-    if "train" not in splits:
+    if not any(s in ("", "train") for s in splits):  # empty cells join train
         raise DataError(f"{path}: the split column names no train rows")
     parts = {}
     for name in SPLITS:
