@@ -23,8 +23,10 @@ def _tracking(mlflow_uri, tmp_path, experiment):
     tracking = TrackingConfig(
         uri=mlflow_uri, artifact_root=str(tmp_path / "artifacts"), experiment=experiment
     )
-    # Made here: two first runs of a new experiment are not what these tests race.
-    MlflowClient(mlflow_uri).create_experiment(experiment)
+    # Made here: two first runs of a new experiment are not what these tests race. Its
+    # artifacts go under tmp_path (MLflow's default, ./mlruns, is the repo's own folder).
+    location = (tmp_path / "artifacts").resolve().as_uri()
+    MlflowClient(mlflow_uri).create_experiment(experiment, artifact_location=location)
     return tracking
 
 
