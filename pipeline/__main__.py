@@ -81,22 +81,24 @@ def _run(cfg: DictConfig) -> float | None:
         distributed.cleanup()  # leave a torchrun process group cleanly
 
 
-# What Hydra writes into every run's output folder before the task starts.
-_HYDRA_FILES = (".hydra", "__main__.log")
+# What Hydra writes into every run's output folder before the task starts, and the copy of
+# a trained run that evaluate/predict/export/visualize download first (no output of theirs).
+_NOT_OUTPUTS = (".hydra", "__main__.log", "source_run")
 
 
 def _remove_if_unused(runtime: HydraRuntime) -> None:
     """A command that failed before writing anything leaves no outputs/<date>/<time>/ behind.
 
-    Only Hydra's own files and empty folders go; anything a stage wrote (a checkpoint to
-    resume from) keeps the folder. Then the date folder and outputs/ go too, if now empty."""
+    Only Hydra's own files, a downloaded trained run and empty folders go; anything a stage
+    wrote (a checkpoint to resume from) keeps the folder. Then the date folder and outputs/ go
+    too, if now empty."""
     out_dir = runtime.output_dir
     if runtime.multirun or out_dir is None or not out_dir.is_dir():
         return  # a multirun's job folders belong to its sweep
     written = [
         p
         for p in out_dir.rglob("*")
-        if p.is_file() and p.relative_to(out_dir).parts[0] not in _HYDRA_FILES
+        if p.is_file() and p.relative_to(out_dir).parts[0] not in _NOT_OUTPUTS
     ]
     if written:
         return

@@ -144,6 +144,22 @@ def test_evaluate_from_a_local_checkpoint(run, tmp_path):
     assert result.source_run_id is None
 
 
+def test_a_run_whose_images_are_not_found_from_here_says_to_pass_data_root(
+    run, mlflow_uri, tmp_path
+):
+    # A relative data.root, evaluated from another folder: the bare "data.root not found"
+    # left a user who passed no data.root guessing.
+    moved = tmp_path / "train_out"
+    shutil.copytree(run.train.out_dir, moved)
+    saved = yaml.safe_load((moved / "config.yaml").read_text())
+    saved["data"]["root"] = "images"  # as logged by a run started with data.root=images
+    (moved / "config.yaml").write_text(yaml.safe_dump(saved))
+    ckpt = moved / "checkpoints" / "best.pt"
+    cfg = compose([*tiny_overrides(mlflow_uri, tmp_path), "stage=evaluate", f"checkpoint={ckpt}"])
+    with pytest.raises(DataError, match=r"^data.root not found: images \(.*pass data.root="):
+        run_evaluate(cfg, tmp_path / "eval")
+
+
 def test_evaluate_val_split_with_flip_tta(run, tmp_path):
     result = run_evaluate(
         run.cfg("stage=evaluate", f"run_id={run.train.run_id}", "eval.split=val", "eval.tta=flip"),

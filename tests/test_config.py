@@ -174,6 +174,22 @@ def test_cli_config_error_is_one_line_and_leaves_nothing_behind(tmp_path, args, 
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
 
 
+def test_a_stage_failing_after_fetching_its_trained_run_leaves_no_folder(tmp_path, monkeypatch):
+    # e.g. eval.tta=flip refused once the run's config.yaml says it trained without flips:
+    # the downloaded copy of the trained run is no output of this command.
+    from pipeline.__main__ import _remove_if_unused
+    from pipeline.commands.runtime import HydraRuntime
+
+    monkeypatch.chdir(tmp_path)
+    out_dir = tmp_path / "outputs" / "2026-11-30" / "06-00-00"
+    (out_dir / ".hydra").mkdir(parents=True)
+    (out_dir / "__main__.log").write_text("")
+    (out_dir / "source_run").mkdir()
+    (out_dir / "source_run" / "best.pt").write_bytes(b"weights")
+    _remove_if_unused(HydraRuntime(output_dir=out_dir))
+    assert not (tmp_path / "outputs").exists()
+
+
 @pytest.mark.timeout(60)  # the name is checked before any weights or data are touched
 def test_cli_unknown_backbone_suggests_close_names(tmp_path):
     proc = _cli("backbone.name=resnet5O", f"hydra.run.dir={tmp_path / 'out'}")

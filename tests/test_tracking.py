@@ -5,6 +5,7 @@ import random
 import resource
 import signal
 import sqlite3
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -17,7 +18,7 @@ from pipeline.compose import compose
 from pipeline.errors import ConfigError
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.credentials import redact, take_credentials
-from pipeline.tracking.runs import run_name_for, start_run
+from pipeline.tracking.runs import client_and_experiment, run_name_for, start_run
 from pipeline.tracking.store import mlflow_client
 
 # --- run names --------------------------------------------------------------------------------
@@ -112,6 +113,22 @@ def _in_children(*kwargs_list) -> list[int]:
 def _run_count(db) -> int:
     with sqlite3.connect(db) as con:
         return con.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def test_a_local_stores_artifacts_go_beside_it_unless_told_otherwise(mlflow_uri, tmp_path):
+    # Before: tracking.uri=sqlite:///elsewhere/mlflow.db put the files in ./mlruns/artifacts.
+    db = Path(mlflow_uri.removeprefix("sqlite:///"))
+    client, experiment_id = client_and_experiment(
+        TrackingConfig(uri=mlflow_uri, experiment="artifacts-beside-the-store")
+    )
+    location = client.get_experiment(experiment_id).artifact_location
+    assert location == (db.parent / "artifacts").resolve().as_uri()
+
+    told = TrackingConfig(
+        uri=mlflow_uri, experiment="artifacts-told", artifact_root=str(tmp_path / "files")
+    )
+    client, experiment_id = client_and_experiment(told)
+    assert client.get_experiment(experiment_id).artifact_location == (tmp_path / "files").as_uri()
 
 
 @pytest.mark.slow  # creating an MLflow store: its ~60 schema migrations take seconds

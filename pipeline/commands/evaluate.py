@@ -17,7 +17,6 @@ from pipeline.commands.trained_run import linked_run, load_trained
 from pipeline.config import RunConfig
 from pipeline.data.loader import ImageDataset, build_loader
 from pipeline.data.sources import ImageSet
-from pipeline.data.splits import run_splits
 from pipeline.errors import DataError
 from pipeline.evaluation.evaluate import check_tta, misclassified, predict_probs, score
 from pipeline.evaluation.metrics import calibration_bins, format_report
@@ -68,7 +67,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     trained = load_trained(cfg, out_dir)
     run_cfg, split = trained.cfg, cfg.eval.split
     check_tta(cfg.eval.tta, run_cfg.augment.hflip)
-    splits = run_splits(run_cfg.data, run_cfg.seed)  # seeded: the same split (or fold) as training
+    splits = trained.splits()  # seeded: the same split (or fold) as training
     if splits.class_names != trained.class_names:
         raise DataError(
             f"the data's classes {splits.class_names} differ from the model's {trained.class_names}"

@@ -23,7 +23,8 @@ from pipeline.config import RunConfig, run_config_from_dict
 from pipeline.data.augment import build_eval_transform
 from pipeline.data.decode import read_rgb
 from pipeline.data.loader import DeviceNormalize
-from pipeline.errors import ConfigError, first_line
+from pipeline.data.splits import Splits, run_splits
+from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier, build_model
 from pipeline.tracking.runs import run_name_for, start_run
@@ -57,6 +58,19 @@ class TrainedModel:
     @property
     def decode_size(self) -> int:
         return round(self.spec.img_size / self.crop_pct)
+
+    def splits(self) -> Splits:
+        """The run's own split (seeded: the same images, fold included) from its data.root."""
+        data = self.cfg.data
+        root = Path(data.root).expanduser() if data.root else None
+        if data.name in ("folder", "csv") and root is not None and not root.exists():
+            # A relative root read from another folder, or data moved since: the user passed
+            # no data.root, so say which one and how to point at the images.
+            raise DataError(
+                f"data.root not found: {data.root} (the run's data, read from {Path.cwd()}): "
+                "pass data.root=<where its images are now>"
+            )
+        return run_splits(data, self.cfg.seed)
 
     def batches(self) -> Batches:
         normalize = DeviceNormalize(self.spec.mean, self.spec.std).to(self.device)

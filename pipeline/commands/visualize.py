@@ -17,7 +17,6 @@ from PIL import Image
 
 from pipeline.commands.trained_run import linked_run, load_trained
 from pipeline.config import RunConfig
-from pipeline.data.splits import run_splits
 from pipeline.errors import ConfigError, DataError
 from pipeline.evaluation.gradcam import (
     GradCAM,
@@ -61,7 +60,7 @@ def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
                 f"(its stages: {', '.join(stages)})"
             ) from None
 
-    test = run_splits(trained.cfg.data, trained.cfg.seed).test
+    test = trained.splits().test
     picks = np.unique(np.linspace(0, len(test) - 1, min(viz.num_images, len(test))).round())
     images = [trained.load_image(test.items[int(i)]) for i in picks]
     labels = [names[test.labels[int(i)]] for i in picks]

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
 class TrackingConfig:
     enabled: bool = True
     uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = "mlruns/artifacts"  # for experiments this store creates
+    # For experiments a local store creates; None: artifacts/ beside a SQLite store's file.
+    artifact_root: str | None = None
     experiment: str = "default"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)

@@ -102,8 +102,18 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     if "://" not in cfg.uri or cfg.uri.startswith(("sqlite:", "file:")):
         # A local store keeps artifacts under an absolute file URI beside it, so
         # `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` finds them.
-        location = Path(cfg.artifact_root).expanduser().resolve().as_uri()
+        location = _local_artifact_root(cfg).expanduser().resolve().as_uri()
     return client.create_experiment(cfg.experiment, artifact_location=location)
+
+
+def _local_artifact_root(cfg: TrackingConfig) -> Path:
+    """tracking.artifact_root, else artifacts/ beside the SQLite file: a store moved or
+    deleted takes its runs' files with it (mlruns/artifacts for the default store)."""
+    if cfg.artifact_root:
+        return Path(cfg.artifact_root)
+    if cfg.uri.startswith("sqlite:///"):
+        return Path(cfg.uri.removeprefix("sqlite:///")).parent / "artifacts"
+    return Path("mlruns/artifacts")
 
 
 def client_and_experiment(cfg: TrackingConfig) -> tuple[Any, str]:
