@@ -128,3 +128,23 @@ def test_option_file_lists_only_what_differs_from_the_schema(group: str, option:
             if value == default and not selector:
                 repeated.append(f"{values_group}.{key}: {value!r}")
     assert not repeated, f"{group}/{option}.yaml repeats schema defaults: {repeated}"
+
+
+def _swept_choices() -> list[tuple[str, str, str]]:
+    """(preset, key, value) for every value a shipped hparams_search preset's choice() sweeps."""
+    import yaml
+
+    found = []
+    for path in sorted((CONF_DIR / "hparams_search").glob("*.yaml")):
+        params = yaml.safe_load(path.read_text()).get("hydra", {}).get("sweeper", {})["params"]
+        for key, spec in params.items():
+            spec = str(spec)
+            if spec.startswith("choice(") and spec.endswith(")"):
+                found += [(path.stem, key, v.strip()) for v in spec[7:-1].split(",")]
+    return found
+
+
+@pytest.mark.parametrize(("preset", "key", "value"), _swept_choices(), ids=lambda v: str(v))
+def test_every_value_a_shipped_search_sweeps_is_a_valid_config(preset, key, value):
+    # A refused value would fail its trial, and a failed trial ends the sweep.
+    assert isinstance(compose([f"hparams_search={preset}", f"{key}={value}"]), RunConfig)
