@@ -73,6 +73,8 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
                 cfg = hydra_compose(config_name=config_name, overrides=overrides or [])
     except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(composition_error(exc)) from exc
+    except ValueError as exc:  # Hydra's defaults list, e.g. `experiment=null` (use ~experiment)
+        raise ConfigError(f"{first_line(exc)}; to drop a group's default, use ~<group>") from exc
     return run_config_from_hydra(cfg)
 
 

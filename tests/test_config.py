@@ -196,3 +196,8 @@ def test_cli_unknown_backbone_suggests_close_names(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: unknown backbone 'resnet5O'") and "resnet50" in last
+
+
+def test_a_group_set_to_null_on_the_command_line_is_one_line_naming_the_tilde_form():
+    with pytest.raises(ConfigError, match=r"use ~<group>$"):
+        compose(["experiment=null"])
