@@ -7,11 +7,6 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    pass
-
 
 from pipeline.errors import ConfigError
 from pipeline.tracking.config import TrackingConfig
@@ -30,9 +25,10 @@ def redact_files(paths: Iterable[Path]) -> None:
     Replaced atomically: parallel jobs of a sweep may redact the same multirun.yaml."""
     for path in paths:
         text = path.read_text()
-        if redact(text) != text:
+        clean = redact(text)
+        if clean != text:
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(redact(text))
+            tmp.write_text(clean)
             os.replace(tmp, path)
 
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.mlflow_internals import tracking_uri_set
-from pipeline.tracking.store import mlflow_client, store_error
+from pipeline.tracking.store import mlflow_client, sqlite_path, store_error
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,8 @@ def _local_artifact_root(cfg: TrackingConfig) -> Path:
     deleted takes its runs' files with it (mlruns/artifacts for the default store)."""
     if cfg.artifact_root:
         return Path(cfg.artifact_root)
-    if cfg.uri.startswith("sqlite:///"):
-        return Path(cfg.uri.removeprefix("sqlite:///")).parent / "artifacts"
-    return Path("mlruns/artifacts")
+    db = sqlite_path(cfg.uri)
+    return db.parent / "artifacts" if db is not None else Path("mlruns/artifacts")
 
 
 def client_and_experiment(cfg: TrackingConfig) -> tuple[Any, str]:

@@ -10,11 +10,7 @@ import os
 import secrets
 from contextlib import closing
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    pass
-
+from typing import Any
 
 from pipeline.errors import ConfigError, PipelineError, first_line
 from pipeline.tracking.config import TrackingConfig
@@ -61,12 +57,18 @@ def store_error(uri: str, exc: Exception) -> Exception:
     )
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a local `sqlite:///` store; None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///")).expanduser()
+
+
 def store_missing(uri: str) -> bool:
     """A local SQLite store that does not exist holds no runs: a look-up must not create it
     (a command that fails on a run id would leave an empty mlruns/mlflow.db behind)."""
-    if not uri.startswith("sqlite:///"):
-        return False
-    return not Path(uri.removeprefix("sqlite:///")).expanduser().is_file()
+    db = sqlite_path(uri)
+    return db is not None and not db.is_file()
 
 
 def _sqlite_store_state(db: Path) -> str:
@@ -137,12 +139,12 @@ def _prepare_sqlite_store(db: Path) -> None:
 
 def mlflow_client(uri: str) -> Any:
     """An MlflowClient for `uri`, after checks that fail in seconds with one line."""
-
     if uri.startswith(("http://", "https://")):
         _check_server(uri)
     try:
-        if uri.startswith("sqlite:///"):
-            _prepare_sqlite_store(Path(uri.removeprefix("sqlite:///")).expanduser())
+        db = sqlite_path(uri)
+        if db is not None:
+            _prepare_sqlite_store(db)
         from mlflow.tracking import MlflowClient
 
         return MlflowClient(tracking_uri=uri)
@@ -154,7 +156,6 @@ def mlflow_client(uri: str) -> Any:
 
 def _check_creatable(db: Path, uri: str) -> None:
     """The nearest existing folder above a missing store must be a writable folder."""
-
     folder = db.parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -171,8 +172,9 @@ def check_store(cfg: TrackingConfig) -> None:
     exist yet is only checked to be creatable."""
     if not cfg.enabled:
         return
-    if store_missing(cfg.uri):  # made by the run itself: a command that fails leaves none
-        _check_creatable(Path(cfg.uri.removeprefix("sqlite:///")).expanduser(), cfg.uri)
+    db = sqlite_path(cfg.uri)
+    if db is not None and not db.is_file():  # made by the run: a command that fails leaves none
+        _check_creatable(db, cfg.uri)
         return
     client = mlflow_client(cfg.uri)
     try:
