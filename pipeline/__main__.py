@@ -18,7 +18,13 @@ from omegaconf import DictConfig
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.compose import compose, register_configs, run_config_from_hydra
 from pipeline.config import CONF_DIR
-from pipeline.errors import ConfigError, PipelineError, disk_full_error, first_line
+from pipeline.errors import (
+    ConfigError,
+    PipelineError,
+    disk_full_error,
+    disk_full_message,
+    first_line,
+)
 from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking.credentials import redact_files
 from pipeline.training import distributed
@@ -72,8 +78,7 @@ def _run(cfg: DictConfig) -> float | None:
         full = disk_full_error(exc)
         if full is None:
             raise
-        where = f"cannot write {full.filename}" if full.filename else "a write failed"
-        raise SystemExit(f"error: disk full: {where} ({full.strerror}); free space there") from None
+        raise SystemExit(f"error: {disk_full_message(full)}") from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM; the message says how to resume
         # An open MLflow run was marked KILLED on the way out (tracking.start_run).
         raise SystemExit(f"interrupted: {str(exc) or 'Ctrl-C'}") from None

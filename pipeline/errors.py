@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left; over the disk quota
@@ -16,14 +17,30 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def disk_full_error(exc: BaseException | None) -> OSError | None:
-    """The ENOSPC/EDQUOT OSError behind `exc`, also when torch's writer re-raised it as
-    `RuntimeError: [enforce fail at inline_container.cc:...]` (the OSError is its context)."""
+def find_cause(
+    exc: BaseException | None, matches: Callable[[BaseException], bool]
+) -> BaseException | None:
+    """`exc` or the first error in its chain (cause, else context) that `matches`: what a
+    wrapper re-raised (torch's writer, torch.compile) still names the real problem."""
     while exc is not None:
-        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+        if matches(exc):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def disk_full_error(exc: BaseException | None) -> OSError | None:
+    """The ENOSPC/EDQUOT OSError behind `exc`, also when torch's writer re-raised it as
+    `RuntimeError: [enforce fail at inline_container.cc:...]` (the OSError is its context)."""
+    full = find_cause(exc, lambda e: isinstance(e, OSError) and e.errno in DISK_FULL)
+    return full if isinstance(full, OSError) else None
+
+
+def disk_full_message(full: OSError, path: str | Path | None = None) -> str:
+    """One line for a full disk, naming the file that could not be written where known."""
+    target = path if path is not None else full.filename
+    where = f"cannot write {target}" if target else "a write failed"
+    return f"disk full: {where} ({full.strerror}); free space there"
 
 
 class PipelineError(Exception):

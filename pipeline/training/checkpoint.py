@@ -9,7 +9,14 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import ConfigError, StorageError, disk_full_error, first_line, load_failure
+from pipeline.errors import (
+    ConfigError,
+    StorageError,
+    disk_full_error,
+    disk_full_message,
+    first_line,
+    load_failure,
+)
 from pipeline.signals import stop_signals_deferred
 
 TORN_WRITES = ".*.pt.*.tmp"  # save_atomic's temp files: left behind only by a SIGKILL
@@ -51,7 +58,7 @@ def _storage_error(exc: OSError | RuntimeError, path: Path) -> StorageError | No
     is that OSError: name the cause, not `[enforce fail at inline_container.cc:...]`."""
     full = disk_full_error(exc)
     if full is not None:
-        return StorageError(f"disk full: cannot write {path} ({full.strerror}); free space there")
+        return StorageError(disk_full_message(full, path))
     cause = exc if isinstance(exc, OSError) else exc.__context__
     if not isinstance(cause, OSError):
         return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.errors import TrainingError
+from pipeline.errors import TrainingError, find_cause
 from pipeline.training import distributed
 
 NAN_POLICIES = ("stop", "skip")
@@ -63,8 +63,4 @@ class LossGuard:
 
 def out_of_memory(exc: BaseException | None) -> bool:
     """An OOM, also when it arrives wrapped (torch.compile and autotuning re-raise it)."""
-    while exc is not None:
-        if isinstance(exc, torch.cuda.OutOfMemoryError):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return find_cause(exc, lambda e: isinstance(e, torch.cuda.OutOfMemoryError)) is not None
