@@ -205,3 +205,9 @@ def test_a_database_password_in_the_tracking_uri_is_refused_in_one_line():
 def test_redact_takes_user_and_password_out_of_every_uri_in_a_text():
     text = "- tracking.uri=http://u:s3cret@host:5000\nuri: https://u:p@h/x?y=a@b file:///a@b"
     assert redact(text) == "- tracking.uri=http://host:5000\nuri: https://h/x?y=a@b file:///a@b"
+
+
+def test_redact_takes_out_a_password_that_holds_an_unescaped_at_sign():
+    # urlsplit (and MLflow) split user info at the last '@': so must the redaction.
+    text = "tracking.uri=http://alice:p@ss@127.0.0.1:5000/x and ops@example.org"
+    assert redact(text) == "tracking.uri=http://127.0.0.1:5000/x and ops@example.org"

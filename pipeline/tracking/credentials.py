@@ -11,8 +11,9 @@ from pathlib import Path
 from pipeline.errors import ConfigError
 from pipeline.tracking.config import TrackingConfig
 
-# `scheme://user:password@` (or `user@`) in any text: what redact() removes.
-_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]*@")
+# `scheme://user:password@` (or `user@`) in any text: what redact() removes. Up to the last
+# '@' before the host, as urlsplit reads it: a password may hold an unescaped '@'.
+_USERINFO = re.compile(r"(?<=://)[^/?#\s'\"]*@")
 
 
 def redact(text: str) -> str:
