@@ -13,7 +13,7 @@ from typing import cast
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.compose import compose, register_configs, run_config_from_hydra
@@ -162,8 +162,43 @@ def _register_optuna_sweeper() -> None:
     plugins.register(OptunaSweeper)
 
 
+def _help_section(name: str) -> str:
+    """A generated part of `--help` (conf/hydra/help/pipeline.yaml): the stages, each with the
+    first line of its module's docstring, or the config groups with their options in conf/."""
+    if name == "stages":
+        from pipeline.commands import STAGE_FUNCTIONS
+
+        lines = []
+        for stage, function in STAGE_FUNCTIONS.items():
+            doc = (sys.modules[function.__module__].__doc__ or "").strip().splitlines()[0]
+            lines.append(f"  {stage:<10} {doc.removeprefix(f'stage={stage}').lstrip(': ')}")
+    else:
+        lines = [f"  {group:<15} {', '.join(options)}" for group, options in _groups().items()]
+    return "\n".join(lines).replace("$", "$$")  # the template is a string.Template
+
+
+def _groups() -> dict[str, list[str]]:
+    """conf/<group>/*.yaml, the default (from conf/config.yaml) first and starred."""
+    import yaml
+
+    defaults: dict[str, str | None] = {}
+    for entry in yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]:
+        if isinstance(entry, dict):
+            ((key, value),) = entry.items()
+            defaults[key] = value
+    groups = {}
+    for folder in sorted(p for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(p.stem for p in folder.glob("*.yaml"))
+        chosen = defaults.get(folder.name)
+        if chosen in options:
+            options = [f"{chosen}*", *(o for o in options if o != chosen)]
+        groups[folder.name] = options
+    return groups
+
+
 def main() -> None:
     register_configs()  # the dataclass schemas every conf/ option file starts from
+    OmegaConf.register_new_resolver("pipeline_help", _help_section, replace=True)
     _register_optuna_sweeper()  # before the check: hparams_search=... composes its sweeper
     try:
         _check_command_line(sys.argv[1:])

@@ -7,6 +7,7 @@ plain typed objects. Unknown keys and bad values fail here, before any work, wit
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -142,6 +143,13 @@ class SearchConfig:
 # --- the whole run -------------------------------------------------------------------
 
 
+def not_one_of(key: str, value: str, choices: tuple[str, ...]) -> ConfigError:
+    """`stage='evalute' is not one of: ...; did you mean evaluate?`"""
+    close = difflib.get_close_matches(value, choices, n=2, cutoff=0.7)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return ConfigError(f"{key}={value!r} is not one of: {', '.join(choices)}{hint}")
+
+
 @dataclass
 class RunConfig:
     stage: str = "train"
@@ -168,9 +176,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
-            raise ConfigError(f"stage={self.stage!r} is not one of: {', '.join(STAGES)}")
+            raise not_one_of("stage", self.stage, STAGES)
         if self.format not in EXPORT_FORMATS:
-            raise ConfigError(f"format={self.format!r} is not one of: {', '.join(EXPORT_FORMATS)}")
+            raise not_one_of("format", self.format, EXPORT_FORMATS)
         if not 0 <= self.seed < 2**32:  # numpy's seed range
             raise ConfigError(f"seed must be in [0, 2**32), got {self.seed}")
         if self.data.kfold and self.data.fold is None and self.train.resume:

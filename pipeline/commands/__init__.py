@@ -38,12 +38,12 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
     )
 }
 STAGE_FUNCTIONS = {stage: _COMMANDS[f"run_{stage}"] for stage in STAGES}
-RUNTIME_STAGES = {"ablate", "search"}  # the others take (cfg, out_dir) alone
+RUNTIME_STAGES = {"ablate", "search", "train"}  # the others take (cfg, out_dir) alone
 
 
 def run_stage(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime) -> Any:
     """Run `cfg.stage`, handing `runtime` to the stages that use it."""
     command = STAGE_FUNCTIONS[cfg.stage]
     if cfg.stage in RUNTIME_STAGES:
-        return command(cfg, out_dir, runtime)
+        return command(cfg, out_dir, runtime=runtime)
     return command(cfg, out_dir)

@@ -31,8 +31,9 @@ def run_search(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA) 
     search, tracking = cfg.search, cfg.tracking
     trial = runtime.job_num
     overrides = [redact(o) for o in runtime.overrides]  # tracking.uri's user:password@ stays out
+    sweep = str(runtime.sweep_dir.resolve()) if runtime.sweep_dir else None
     parent = find_or_create_parent(
-        tracking, {"study": search.study, "stage": "search"}, f"search/{search.study}", {}
+        tracking, {"study": search.study, "stage": "search"}, f"search/{search.study}", {}, sweep
     )
     child_tracking_cfg = child_tracking(
         tracking,

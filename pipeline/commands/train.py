@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from pipeline.commands.console import class_report, print_run_end, print_run_start
+from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.commands.train_outputs import (
     config_changes,
     derived_params_of,
@@ -16,12 +19,10 @@ from pipeline.commands.train_outputs import (
     keep_checkpoints,
     log_run_end,
     log_run_start,
-    resume_command,
     resume_target,
     save_outputs,
     test_metrics_of,
     test_report_files,
-    tested_weights,
 )
 from pipeline.commands.training_setup import (
     TrainingSetup,
@@ -154,11 +155,16 @@ def _fit_and_test(
     return result, test_loss, probs, targets
 
 
-def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
+def run_train(
+    cfg: RunConfig,
+    out_dir: Path,
+    splits: Splits | None = None,
+    runtime: HydraRuntime = NO_HYDRA,
+) -> TrainResult:
     """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds, and
-    data.fold=I only fold I."""
+    data.fold=I only fold I. `runtime` (the command line) makes the printed resume command exact."""
     if cfg.data.kfold and cfg.data.fold is None and splits is None:
-        return run_kfold(cfg, out_dir, run_train)
+        return run_kfold(cfg, out_dir, functools.partial(run_train, runtime=runtime))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     check_model_name(cfg.backbone.name)  # a typo fails here, before any data is read
@@ -206,7 +212,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     ):
         log_run_start(run, cfg, splits, derived_params, out_dir, resume, checkpoint_dir)
         if main:  # said now, not only at the end: a SIGKILL leaves no last words
-            print(resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
+            print_run_start(run, cfg, out_dir, checkpoint_dir, derived_params, runtime)
         stopped_by = None
         try:
             result, test_loss, probs, targets = _fit_and_test(
@@ -258,10 +264,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             run.set_tags({"warning": f"not saved: {'; '.join(not_saved)}"})
             log.warning("run finished, but not all its files were saved: %s", "; ".join(not_saved))
 
-    summary = "  ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
     if main:
-        print(
-            f"run {run.run_id or '(tracking off)'}: {summary}  ({tested_weights(result)}, "
-            f"{result.train_seconds:.0f}s)"
-        )
+        report = class_report(splits.class_names, targets, probs)
+        print_run_end(run, cfg, result, test_metrics, report, splits.class_names, out_dir)
     return TrainResult(run.run_id, test_metrics, result, out_dir)

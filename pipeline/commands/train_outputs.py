@@ -116,14 +116,6 @@ def interrupted_message(what: str, run: Run, checkpoint_dir: Path) -> str:
     )
 
 
-def resume_command(run: Run, checkpoint_dir: Path, fold: int | None) -> str:
-    overrides = f"<same overrides, data.fold={fold}>" if fold is not None else "<same overrides>"
-    return (
-        f"run {run.run_id or '(tracking off)'}: if it stops, continue with: python -m pipeline "
-        f"{overrides} train.resume={resume_target(run, checkpoint_dir)}"
-    )
-
-
 def derived_params_of(
     cfg: RunConfig,
     splits: Splits,

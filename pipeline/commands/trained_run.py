@@ -213,15 +213,15 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
     state = state.get("model", state)
     class_names = _class_names(files["confusion_matrix.json"], state)
     # The checkpoint holds every weight: no need to resolve pretrained ones again.
-    backbone_cfg = dataclasses.replace(run_cfg.backbone, pretrained=False)
-    model, spec, _ = build_model(backbone_cfg, run_cfg.head, len(class_names))
+    source = f"run {cfg.run_id}" if cfg.run_id else str(cfg.checkpoint)
+    model, spec, _ = build_model(run_cfg.backbone, run_cfg.head, len(class_names), source)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise ConfigError(
             f"checkpoint does not fit the configured model: {first_line(exc)}"
         ) from exc
-    log.info("loaded the trained weights of %s", cfg.run_id or cfg.checkpoint)
+    log.info("loaded the trained weights of %s (%s)", source, weights.name)
     device = resolve_device(run_cfg.train.device)
     # Same memory format as training, so evaluation reproduces its numbers bit for bit.
     channels_last = (
@@ -239,7 +239,7 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
         class_names=class_names,
         cfg=run_cfg,
         run_id=cfg.run_id,
-        source=f"run {cfg.run_id}" if cfg.run_id else str(cfg.checkpoint),
+        source=source,
         device=device,
         channels_last=channels_last,
     )

@@ -109,4 +109,6 @@ def run_visualize(cfg: RunConfig, out_dir: Path) -> VisualizeResult:
     print(f"visualized {trained.source}: Grad-CAM on {target}, feature maps of {', '.join(layers)}")
     for path in (kernels, feature_maps, grid, out_dir / "gradcam"):
         print(f"  {path}")
+    if run.run_id:
+        print(f"logged to run {run.run_id}")
     return VisualizeResult(run.run_id, kernels, feature_maps, grid, overlays, target)

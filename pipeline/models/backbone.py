@@ -68,9 +68,11 @@ def input_spec_of(model: nn.Module, img_size: int | None) -> InputSpec:
 
 
 def create_backbone(
-    cfg: BackboneConfig, global_pool: str = "avg"
+    cfg: BackboneConfig, global_pool: str = "avg", trained: str | None = None
 ) -> tuple[nn.Module, InputSpec, WeightsInfo]:
-    """A timm model with num_classes=0: forward(x) returns pooled features (B, C)."""
+    """A timm model with num_classes=0: forward(x) returns pooled features (B, C).
+    `trained` names where its weights come from next (a trained run's checkpoint): then it
+    is built without pretrained weights, and says so rather than "random init"."""
     check_model_name(cfg.name)
     kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": global_pool}
     if cfg.drop_path_rate:
@@ -78,7 +80,10 @@ def create_backbone(
     # pretrained=False: weights are resolved and loaded here, so timm never retries a hub.
     model = timm.create_model(cfg.name, pretrained=False, **kwargs)
     use_fast_pooling(model)
-    if cfg.pretrained:
+    if trained is not None:
+        info = WeightsInfo("checkpoint", trained)
+        log.info("%s: built for the trained weights of %s", cfg.name, trained)
+    elif cfg.pretrained:
         state, info = resolve_pretrained(cfg.name, model, cfg.weights, allow_hub=cfg.allow_hub)
         load_backbone_state(model, state)
         log.info("loaded %s weights for %s from %s", info.source, cfg.name, info.path)

@@ -54,8 +54,11 @@ class Classifier(nn.Module):
 
 
 def build_model(
-    backbone_cfg: BackboneConfig, head_cfg: HeadConfig, num_classes: int
+    backbone_cfg: BackboneConfig,
+    head_cfg: HeadConfig,
+    num_classes: int,
+    trained: str | None = None,  # the weights come from this run/checkpoint next
 ) -> tuple[Classifier, InputSpec, WeightsInfo]:
-    backbone, spec, weights = create_backbone(backbone_cfg, global_pool=head_cfg.pool)
+    backbone, spec, weights = create_backbone(backbone_cfg, head_cfg.pool, trained)
     head = build_head(head_cfg, feature_dim(backbone, spec.img_size), num_classes)
     return Classifier(backbone, head), spec, weights

@@ -49,7 +49,7 @@ class WeightsOfflineError(WeightsUnavailableError):
 
 @dataclass(frozen=True)
 class WeightsInfo:
-    source: str  # file | package | hf-cache | hub | scratch
+    source: str  # file | package | hf-cache | hub | scratch | checkpoint (a trained run)
     path: str | None = None
     sha256: str | None = None
 

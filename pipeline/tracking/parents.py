@@ -45,18 +45,31 @@ class ParentRun(Run):
         )
 
 
+CREATED_BY_SWEEP_TAG = "created_by_sweep"  # on a parent: the multirun whose job created it
+
+
 def find_or_create_parent(
-    tracking: TrackingConfig, tags: Mapping[str, str], name: str, params: Mapping[str, Any]
+    tracking: TrackingConfig,
+    tags: Mapping[str, str],
+    name: str,
+    params: Mapping[str, Any],
+    sweep: str | None = None,
 ) -> ParentRun:
     """The parent run carrying `tags` in tracking.experiment: the oldest one there, else a
     new one named `name` with `params` logged. Two processes that ask at once get one parent
-    (see _create_parent). A no-op ParentRun when tracking is disabled."""
+    (see _create_parent). A no-op ParentRun when tracking is disabled.
+
+    `sweep` names the multirun this job belongs to: a parent an earlier job of the same sweep
+    created is joined, not resumed (only the wording differs)."""
     if not tracking.enabled:
         return ParentRun()
     client, experiment_id = client_and_experiment(tracking)
     run_id = find_parent(client, experiment_id, tags)
     if run_id is None:
-        run_id = _create_parent(client, experiment_id, tags, name, params)
+        created = {**tags, CREATED_BY_SWEEP_TAG: sweep} if sweep else tags
+        run_id = _create_parent(client, experiment_id, created, name, params, tags)
+    elif sweep and client.get_run(run_id).data.tags.get(CREATED_BY_SWEEP_TAG) == sweep:
+        log.info("joining %s: parent run %s (this sweep's)", name, run_id)
     else:
         log.info("resuming %s: parent run %s", name, run_id)
     return ParentRun(client, run_id, name, experiment_id)
@@ -88,16 +101,22 @@ def find_parent(client: Any, experiment_id: str, tags: Mapping[str, str]) -> str
 
 
 def _create_parent(
-    client: Any, experiment_id: str, tags: Mapping[str, str], name: str, params: Mapping[str, Any]
+    client: Any,
+    experiment_id: str,
+    tags: Mapping[str, str],
+    name: str,
+    params: Mapping[str, Any],
+    found_by: Mapping[str, str] | None = None,
 ) -> str:
     """Create the parent, then defer to an older one if a parallel job won the race.
 
     Both racers create a run and then look: each sees both and picks the same oldest; the
-    other deletes its own (deleted runs are out of every later search). Left open: a job
+    other deletes its own (deleted runs are out of every later search); they look by
+    `found_by` (default: `tags`), the tags every racer sets alike. Left open: a job
     that looked before the other created, in the same millisecond, when the other's run id
     sorts first; each then keeps its own (two parents; their children stay linked)."""
     run_id = client.create_run(experiment_id, tags=dict(tags), run_name=name).info.run_id
-    oldest = find_parent(client, experiment_id, tags)
+    oldest = find_parent(client, experiment_id, found_by or tags)
     if oldest is not None and oldest != run_id:
         client.delete_run(run_id)
         log.info("%s: a parallel job created parent run %s first; using it", name, oldest)

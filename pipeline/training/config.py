@@ -43,7 +43,8 @@ class TrainConfig:
     class_weights: str | None = None  # auto: inverse class frequency in the loss; null: off
     grad_clip: float | None = None  # max global grad norm
     threads: int | None = None  # torch CPU threads; None: torch's default
-    progress: bool | None = None  # per-batch bar; None: only on a terminal
+    progress: bool | None = None  # per-batch bar; None: a bar on a terminal, else plain lines
+    progress_every: float = 30.0  # seconds between the plain progress lines (not a terminal)
     # Speed and averaging (see benchmarks/README.md for what each buys).
     compile: bool = False  # torch.compile the model (slow first epoch, faster after on GPU)
     accumulate_steps: int = 1  # micro-batches summed into one optimizer step
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ConfigError(f"train.threads must be >= 1 (or null), got {self.threads}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"train.nan_policy must be stop or skip, got {self.nan_policy!r}")
+        if self.progress_every < 0:
+            raise ConfigError(f"train.progress_every must be >= 0, got {self.progress_every}")
         if self.log_every < 1:
             raise ConfigError(f"train.log_every must be >= 1, got {self.log_every}")
         if self.amp not in ("auto", "bf16", "fp16", "off"):

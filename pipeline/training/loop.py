@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.training import distributed
@@ -29,6 +28,7 @@ from pipeline.training.early_stopping import BestCheckpoint, EarlyStopping
 from pipeline.training.ema import ModelEma
 from pipeline.training.guards import LossGuard
 from pipeline.training.precision import autocast, grad_scaler, resolve_amp, use_fast_cuda_kernels
+from pipeline.training.progress import EpochProgress, RunProgress, progress_mode
 from pipeline.training.sched import Schedule
 from pipeline.training.state import TrainingParts
 
@@ -36,12 +36,6 @@ log = logging.getLogger(__name__)
 
 
 # --- one pass over the data ------------------------------------------------------------------
-
-
-def _progress(loader: BatchSource, desc: str, enabled: bool):
-    return tqdm(
-        loader, desc=desc, leave=False, disable=not enabled, dynamic_ncols=True, file=sys.stderr
-    )
 
 
 def optimizer_steps_per_epoch(batches_per_epoch: int, accumulate_steps: int) -> int:
@@ -77,7 +71,7 @@ def train_one_epoch(
     cfg: TrainConfig,
     amp_dtype: torch.dtype | None,
     scaler: torch.amp.GradScaler | None,
-    progress: bool,
+    progress: EpochProgress | None = None,
     desc: str = "train",
     batch_transform: Callable | None = None,
     class_weights: torch.Tensor | None = None,
@@ -85,7 +79,8 @@ def train_one_epoch(
     ema: ModelEma | None = None,
 ) -> dict[str, float]:
     """`batch_transform(x, y) -> (x, targets)` may mix images on the device and return soft
-    targets (N, C), e.g. `pipeline.data.mix.MixBatch`; accuracy is still counted against `y`."""
+    targets (N, C), e.g. `pipeline.data.mix.MixBatch`; accuracy is still counted against `y`.
+    `progress` (RunProgress.train) wraps the loader and shows the running loss/acc."""
     model.train()
     # Sums stay on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=batches.device)
@@ -96,7 +91,7 @@ def train_one_epoch(
     group_has_grad = False
     peak_lr = 0.0  # the highest LR an optimizer step of this epoch used (what `lr` logs)
     optimizer.zero_grad(set_to_none=True)
-    for i, (images, labels) in enumerate(_progress(loader, desc, progress)):
+    for i, (images, labels) in enumerate(progress or loader):
         x, y = batches(images, labels)
         x, targets = batch_transform(x, y) if batch_transform else (x, y)
         with autocast(batches.device, amp_dtype):
@@ -123,11 +118,12 @@ def train_one_epoch(
                     ema.update()
             group_has_grad = False
             schedule.step_batch()
-        if skipped:
-            continue
-        loss_sum += loss.detach() * y.shape[0]
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += y.shape[0]
+        if not skipped:
+            loss_sum += loss.detach() * y.shape[0]
+            correct += (logits.detach().argmax(1) == y).sum()
+            seen += y.shape[0]
+        if progress:
+            progress.show(loss_sum, correct, seen)
     guard.check()
     loss_sum, correct, seen = distributed.reduce_sums(loss_sum, correct, seen)  # DDP: all ranks
     if seen == 0 and guard.skipped:  # nothing trained: the run has diverged, not hit a bad batch
@@ -148,7 +144,7 @@ def train_one_epoch(
 
 @torch.no_grad()
 def predict(
-    model: nn.Module, loader: BatchSource, batches: ToDevice, amp_dtype: torch.dtype | None
+    model: nn.Module, loader: Iterable[Any], batches: ToDevice, amp_dtype: torch.dtype | None
 ) -> tuple[float, np.ndarray, np.ndarray]:
     """Mean loss, softmax probabilities (N, C) and targets (N,) over a loader."""
     model.eval()
@@ -170,6 +166,23 @@ def predict(
 
 
 # --- the loop ------------------------------------------------------------------------------------
+
+
+def epoch_header(monitor: str, restore_best: bool) -> str:
+    """Said once before the epoch lines: what their `*` marks."""
+    kept = " (its weights are kept)" if restore_best else ""
+    return f"one line per epoch; * = best so far by {monitor}{kept}"
+
+
+def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], best: bool) -> str:
+    """`epoch 3/8  train loss 0.4120 acc 0.8710  val loss 0.3010 acc 0.9120  lr 1.0e-03  8.1s *`:
+    under 100 characters, so a console line does not wrap."""
+    return (
+        f"epoch {epoch + 1}/{epochs}  train loss {metrics['train/loss']:.4f} "
+        f"acc {metrics['train/acc']:.4f}  val loss {metrics['val/loss']:.4f} "
+        f"acc {metrics['val/acc']:.4f}  lr {metrics['lr']:.1e}  {metrics['epoch_seconds']:.1f}s"
+        + ("  *" if best else "")
+    )
 
 
 @dataclass
@@ -217,7 +230,6 @@ def fit(
     if cfg.compile:
         model.compile()
     stopper = EarlyStopping(cfg.early_stopping)
-    progress = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     last_path = checkpoint_dir / "last.pt"
     main = distributed.is_main()  # only rank 0 writes checkpoints
     saver = BestCheckpoint(checkpoint_dir, cfg.early_stopping.restore_best, main)
@@ -235,6 +247,14 @@ def fit(
             start_epoch = cfg.epochs
         history = list(resume["history"])
         log.info("resuming after epoch %d/%d", start_epoch, cfg.epochs)
+    progress = RunProgress(
+        cfg.epochs,
+        len(train_loader),
+        len(val_loader),
+        progress_mode(cfg.progress, main),
+        cfg.progress_every,
+    )
+    log.info(epoch_header(cfg.early_stopping.monitor, cfg.early_stopping.restore_best))
     start = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         tic = time.perf_counter()
@@ -254,7 +274,7 @@ def fit(
             cfg,
             amp_dtype,
             scaler,
-            progress,
+            progress.train(train_loader, epoch),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             batch_transform=batch_transform,
             class_weights=class_weights,
@@ -262,7 +282,7 @@ def fit(
             ema=ema,
         )
         val_loss, val_probs, val_targets = distributed.gather_predictions(
-            *predict(eval_model, val_loader, batches, amp_dtype)
+            *predict(eval_model, progress.validate(val_loader, epoch), batches, amp_dtype)
         )
         if not math.isfinite(val_loss):  # no epoch to select, nothing worth testing or saving
             raise TrainingError(
@@ -287,18 +307,7 @@ def fit(
         if stopper.step(metrics[cfg.early_stopping.monitor], epoch):
             saver.save_best(eval_model, epoch, metrics)
         history.append(metrics)
-        log.info(
-            "epoch %d/%d  train/loss %.4f  train/acc %.4f  val/loss %.4f  val/acc %.4f  lr %.2e  %.1fs%s",
-            epoch + 1,
-            cfg.epochs,
-            metrics["train/loss"],
-            metrics["train/acc"],
-            metrics["val/loss"],
-            metrics["val/acc"],
-            metrics["lr"],
-            metrics["epoch_seconds"],
-            "  *" if stopper.best_epoch == epoch else "",
-        )
+        log.info(epoch_line(epoch, cfg.epochs, metrics, best=stopper.best_epoch == epoch))
         if on_epoch:
             on_epoch(epoch, metrics)
         # After the epoch's metrics are logged: an interrupt before this line redoes the epoch
