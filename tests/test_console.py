@@ -269,7 +269,7 @@ def test_did_you_mean_for_stage_and_format(override, hint):
 
 
 def test_a_trained_models_backbone_is_built_for_its_weights_not_random_init(caplog):
-    caplog.set_level(logging.INFO, logger="pipeline.models")
+    caplog.set_level(logging.DEBUG, logger="pipeline.models")
     cfg = BackboneConfig(name="test_efficientnet", pretrained=False, img_size=32)
     _, _, info = create_backbone(cfg, trained="run abc")
     assert info.source == "checkpoint"

@@ -237,10 +237,10 @@ def test_sigkilled_run_prints_its_resume_command_first_and_is_taken_over_by_id(
     run = _run_named(client, "sigkill")
     run_id = run.info.run_id
     lines = stdout.splitlines()
-    start = lines.index(
-        f"run {run_id}: if it stops, continue with: python -m pipeline <same overrides> "
-        f"train.resume={run_id}"
-    )
+    # The command line as typed, then the resume (Hydra's own hydra.* overrides aside).
+    typed = _cli_overrides(image_folder, mlflow_uri, tmp_path, "tracking.run_name=sigkill")
+    typed = " ".join(o for o in typed if not o.startswith("hydra."))
+    start = lines.index(f"resume   python -m pipeline {typed} train.resume={run_id}")
     assert start < min(i for i, line in enumerate(lines) if "epoch 1/2" in line)
     assert run.info.status == "RUNNING"  # nothing could mark it
     tags = run.data.tags

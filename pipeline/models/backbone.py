@@ -82,7 +82,7 @@ def create_backbone(
     use_fast_pooling(model)
     if trained is not None:
         info = WeightsInfo("checkpoint", trained)
-        log.info("%s: built for the trained weights of %s", cfg.name, trained)
+        log.debug("%s: built for the trained weights of %s", cfg.name, trained)
     elif cfg.pretrained:
         state, info = resolve_pretrained(cfg.name, model, cfg.weights, allow_hub=cfg.allow_hub)
         load_backbone_state(model, state)
