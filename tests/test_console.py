@@ -114,6 +114,7 @@ def test_plain_lines_wait_for_their_interval(caplog):
         epoch.show(torch.tensor(1.0 * seen), torch.tensor(seen), seen)
     batches = [re.search(r"batch (\d+)/10", r.getMessage())[1] for r in caplog.records]
     assert batches == ["5", "10"]  # at 35 s and 70 s
+    assert "7.0 s/it" in caplog.records[0].getMessage()  # slower than 1 it/s: as tqdm says it
 
 
 def test_progress_mode(capsys):
@@ -336,7 +337,7 @@ def test_a_piped_training_run_prints_compact_lines_progress_and_next_steps(
     assert "one line per epoch; * = best so far by val/loss (its weights are kept)" in lines
     # Piped: plain progress lines, one per batch here (progress_every=0), no bar.
     assert any(
-        re.fullmatch(r"epoch 2/2  batch 3/3  loss \S+  acc \S+  \S+ it/s  eta \S+", ln)
+        re.fullmatch(r"epoch 2/2  batch 3/3  loss \S+  acc \S+  \S+ (it/s|s/it)  eta \S+", ln)
         for ln in lines
     )
     assert "\r" not in out.stderr

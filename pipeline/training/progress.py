@@ -149,14 +149,15 @@ class EpochProgress:
             self.bar.set_postfix_str(f"loss {loss:.3f}  acc {acc:.3f}  run {eta_text}")
             return
         rate = self.done / max(now - self.started, 1e-9)
+        speed = f"{rate:.1f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it"  # as tqdm shows it
         log.info(
-            "epoch %d/%d  batch %d/%d  loss %.3f  acc %.3f  %.1f it/s  %s",
+            "epoch %d/%d  batch %d/%d  loss %.3f  acc %.3f  %s  %s",
             self.epoch + 1,
             run.epochs,
             self.done,
             len(self.loader),
             loss,
             acc,
-            rate,
+            speed,
             eta_text,
         )
