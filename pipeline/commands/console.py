@@ -119,9 +119,17 @@ def start_lines(
     ]
 
 
-def print_run_start(*args, **kwargs) -> None:
+def print_run_start(
+    run: Run,
+    cfg: RunConfig,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    derived_params: dict,
+    runtime: HydraRuntime = NO_HYDRA,
+) -> None:
     """start_lines, printed now: a SIGKILL later leaves no last words."""
-    print("\n".join(start_lines(*args, **kwargs)), flush=True)
+    lines = start_lines(run, cfg, out_dir, checkpoint_dir, derived_params, runtime)
+    print("\n".join(lines), flush=True)
 
 
 def class_report(class_names: list[str], targets, probs) -> dict:
@@ -206,5 +214,14 @@ def end_lines(
     return lines
 
 
-def print_run_end(*args, **kwargs) -> None:
-    print("\n".join(end_lines(*args, **kwargs)), flush=True)
+def print_run_end(
+    run: Run,
+    cfg: RunConfig,
+    result: FitResult,
+    test_metrics: dict[str, float],
+    report: dict | None,
+    class_names: list[str],
+    out_dir: Path,
+) -> None:
+    lines = end_lines(run, cfg, result, test_metrics, report, class_names, out_dir)
+    print("\n".join(lines), flush=True)
