@@ -10,10 +10,12 @@ from pathlib import Path
 import torch
 
 from pipeline.commands.train_outputs import (
+    best_baseline,
     config_changes,
     derived_params_of,
     interrupted_message,
     keep_checkpoints,
+    log_baseline_comparison,
     log_run_end,
     log_run_start,
     resume_command,
@@ -147,6 +149,7 @@ def _fit_and_test(
         ),
         batch_transform=training.batch_transform,
         class_weights=training.class_weights,
+        l1=cfg.optim.l1,
     )
     test_loss, probs, targets = distributed.gather_predictions(
         *predict(training.model, training.loaders["test"], training.batches, amp)
@@ -249,9 +252,11 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         if result.checkpoint:  # best.pt, or final.pt: the weights the test used
             not_saved += save_outputs(run, {result.checkpoint: None}, "checkpoints")
         if main:
+            baseline = best_baseline(cfg, splits)  # logged, or the majority class scored now
+            above = log_baseline_comparison(run, test_metrics["test/acc"], baseline)
             title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
             files = test_report_files(
-                out_dir, title, splits.class_names, targets, probs, test_metrics, result
+                out_dir, title, splits.class_names, targets, probs, test_metrics, result, above
             )
             not_saved += save_outputs(run, files)
         if not_saved:  # the run still ends FINISHED: its training and test are complete
