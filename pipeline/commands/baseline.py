@@ -114,7 +114,7 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
         cfg.baseline,
     )
     fit.choice += f", {train_x.shape[1]} features of {cfg.backbone.name}"
-    fit.params |= {"weights_source": weights.source, "probe.features": train_x.shape[1]}
+    fit.params |= {"weights_source": weights.source, "baseline.features": train_x.shape[1]}
     return fit
 
 
@@ -168,7 +168,7 @@ def run_baseline(cfg: RunConfig, out_dir: Path) -> list[BaselineResult]:
     return results
 
 
-def format_table(cfg: RunConfig, splits: Splits, digest: str, results: list[BaselineResult]):
+def format_table(cfg: RunConfig, splits: Splits, digest: str, results: list[BaselineResult]) -> str:
     sizes = " / ".join(f"{name} {n}" for name, n in splits.sizes().items())
     lines = [
         f"baselines on {cfg.data.name} (seed {cfg.seed}, split {digest}: {sizes}); "

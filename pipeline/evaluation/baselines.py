@@ -57,7 +57,9 @@ class BaselineFit:
     params: dict[str, object]  # logged beside the config
 
 
-def majority(train_labels: np.ndarray, val_labels: np.ndarray, n_test: int, classes: int):
+def majority(
+    train_labels: np.ndarray, val_labels: np.ndarray, n_test: int, classes: int
+) -> BaselineFit:
     """Every image gets the train split's class frequencies: the argmax is the majority
     class, and the loss is what knowing only the class balance buys."""
     prior = np.bincount(train_labels, minlength=classes) / len(train_labels)
