@@ -114,3 +114,14 @@ def test_baseline_settings_are_checked():
         BaselineConfig(kinds=["majority", "knn"])
     with pytest.raises(ConfigError, match=r"baseline\.c_grid"):
         BaselineConfig(c_grid=[0.0])
+
+
+def test_a_run_below_the_baseline_warns_in_one_line(caplog):
+    from pipeline.commands.train_outputs import log_baseline_comparison
+    from pipeline.tracking.runs import Run
+
+    lines = log_baseline_comparison(Run(), 0.5, BestBaseline("majority", 0.6, "scored now"))
+    assert "did not beat" in lines[-1]
+    assert caplog.messages == [
+        "test/acc 0.5000 did not beat the majority baseline's 0.6000 (scored now)"
+    ]
