@@ -19,6 +19,7 @@ from typing import Any
 from pipeline.data.augment import AugmentConfig
 from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError
+from pipeline.evaluation.baselines import BaselineConfig
 from pipeline.evaluation.evaluate import EvalConfig
 from pipeline.evaluation.visualize import VisualizeConfig
 from pipeline.models.backbone import BackboneConfig
@@ -43,6 +44,7 @@ STAGES = (
     "lr_find",
     "ablate",
     "search",
+    "baseline",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 
@@ -173,6 +175,7 @@ class RunConfig:
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)  # stage=baseline
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -193,6 +196,7 @@ class RunConfig:
             self.finetune.strategy,
             self.augment.preset,
             mixing=self.augment.mixup_alpha > 0 or self.augment.cutmix_alpha > 0,
+            erasing=self.augment.random_erasing > 0,
             sampler=self.data.sampler,
         )
 

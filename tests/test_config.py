@@ -8,6 +8,7 @@ import pytest
 from pipeline.compose import compose, register_configs
 from pipeline.config import CONF_DIR, run_config_from_dict
 from pipeline.errors import ConfigError
+from pipeline.evaluation.baselines import BaselineConfig
 from pipeline.evaluation.evaluate import EvalConfig
 from pipeline.evaluation.visualize import VisualizeConfig
 from pipeline.models.head import HeadConfig
@@ -59,6 +60,7 @@ def test_group_choice_and_values_compose():
         ("eval", EvalConfig),
         ("visualize", VisualizeConfig),
         ("lr_find", LRFindConfig),
+        ("baseline", BaselineConfig),
     ],
 )
 def test_default_options_are_the_dataclass_defaults(group, dataclass):

@@ -81,3 +81,32 @@ def test_bad_values_fail_in_one_line():
         TrainConfig(class_weights="inverse")
     with pytest.raises(ConfigError, match="mixup_alpha"):
         AugmentConfig(mixup_alpha=-1)
+
+
+@pytest.mark.parametrize("preset", ["none", "light", "strong"])
+def test_random_erasing_changes_pixels_with_p1_and_never_with_p0(preset):
+    image = np.full((40, 40, 3), 128, dtype=np.uint8)
+    for p, erased in ((0.0, False), (1.0, True)):
+        cfg = AugmentConfig(
+            preset=preset, random_erasing=p, random_erasing_scale=[0.1, 0.2], hflip=0
+        )
+        transform = build_train_transform(cfg, 32, 1.0, "bilinear")
+        names = [type(t).__name__ for t in transform.transforms]
+        assert ("Erasing" in names) == erased and (not erased or names[-1] == "Erasing")
+        if preset != "none":  # the photometric steps move a flat image's pixels on their own
+            continue
+        for seed in range(5):
+            transform.set_random_seed(seed)
+            out = transform(image=image)["image"]
+            changed = (out != 128).any(axis=-1).mean()  # fraction of pixels erased
+            if erased:
+                assert 0.05 < changed <= 0.2 + 0.02
+            else:
+                assert changed == 0
+
+
+def test_random_erasing_settings_are_checked():
+    with pytest.raises(ConfigError, match="random_erasing is a probability"):
+        AugmentConfig(random_erasing=1.5)
+    with pytest.raises(ConfigError, match="random_erasing_scale"):
+        AugmentConfig(random_erasing_scale=[0.5, 0.1])

@@ -10,14 +10,14 @@ from pipeline.commands.train import run_train
 from pipeline.data.augment import build_eval_transform
 from pipeline.data.loader import DeviceNormalize, ImageDataset, build_loader
 from pipeline.data.splits import build_splits
-from pipeline.errors import TrainingError
+from pipeline.errors import ConfigError, TrainingError
 from pipeline.models.classifier import build_model
 from pipeline.training.batches import Batches
 from pipeline.training.config import EarlyStoppingConfig, TrainConfig
 from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.finetune import apply_finetune
 from pipeline.training.loop import fit
-from pipeline.training.optim import build_optimizer
+from pipeline.training.optim import build_optimizer, l1_norm, penalised_weights
 from pipeline.training.sched import SchedConfig, build_schedule, lr_factor
 
 EPOCH_METRICS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
@@ -209,3 +209,87 @@ def test_schedules_warm_up_and_decay():
     assert [lr_factor(step, e * 10, 100, 10) for e in (0, 1, 2, 4)] == [1.0, 1.0, 0.5, 0.25]
     exp = SchedConfig(name="exponential", warmup_epochs=0, gamma=0.9)
     assert lr_factor(exp, 20, 100, 10) == pytest.approx(0.81)
+
+
+def test_onecycle_matches_torch_peaks_at_lr_and_ends_at_lr_over_both_divisors():
+    cfg = SchedConfig(
+        name="onecycle", warmup_epochs=0, pct_start=0.25, div_factor=10, final_div_factor=100
+    )
+    total, lr = 40, 0.5
+    factors = [lr_factor(cfg, s, total, 10) for s in range(total)]
+    # torch's own OneCycleLR, step for step
+    param = torch.nn.Parameter(torch.zeros(1))
+    reference = torch.optim.lr_scheduler.OneCycleLR(
+        torch.optim.SGD([param], lr=lr), max_lr=lr, total_steps=total, pct_start=0.25,
+        div_factor=10, final_div_factor=100, anneal_strategy="cos", cycle_momentum=False,
+    )  # fmt: skip
+    lrs = []
+    for _ in range(total):
+        lrs.append(reference.get_last_lr()[0])
+        reference.optimizer.step()
+        reference.step()
+    assert [f * lr for f in factors] == pytest.approx(lrs)
+    assert max(factors) == pytest.approx(1.0) and factors.index(max(factors)) == 9  # 25% in
+    assert factors[0] == pytest.approx(1 / 10)
+    assert factors[-1] == pytest.approx(1 / 10 / 100)  # torch: peak / div / final_div
+
+
+def test_onecycle_refuses_a_warmup_and_its_conf_option_composes(tiny_cfg):
+    with pytest.raises(ConfigError, match="its rise is sched"):
+        SchedConfig(name="onecycle", warmup_epochs=1)
+    cfg = tiny_cfg("sched=onecycle")
+    assert cfg.sched.name == "onecycle" and cfg.sched.warmup_epochs == 0
+
+
+def test_onecycle_resumes_at_the_same_lr(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("sched=onecycle", "optim.lr=1e-2")
+    model, train, val, batches = _tiny_setup(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    schedule = build_schedule(optimizer, cfg.sched, 3, len(train))
+    fit(model, train, val, optimizer, schedule, TrainConfig(epochs=1), batches, tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    # as TrainingParts.load_state_dict restores it: the optimizer (its LRs), then the schedule
+    optimizer_again = build_optimizer(model, cfg.optim)
+    again = build_schedule(optimizer_again, cfg.sched, 3, len(train))
+    optimizer_again.load_state_dict(state["optimizer"])
+    again.load_state_dict(state["schedule"])
+    for each in (schedule, again):
+        each.step_batch()
+    lrs = [g["lr"] for g in optimizer_again.param_groups]
+    assert lrs == pytest.approx([g["lr"] for g in optimizer.param_groups])
+    steps = len(train)  # one epoch done: the next step is len(train) + 1 of 3 epochs
+    assert lrs[0] == pytest.approx(1e-2 * lr_factor(cfg.sched, steps + 1, 3 * steps, steps))
+
+
+def test_l1_penalty_shrinks_the_weights_and_is_logged_only_when_on(tiny_cfg, tmp_path):
+    sums, logged = {}, {}
+    for l1 in (0.0, 1e-2):
+        cfg = tiny_cfg(
+            "optim.lr=1e-2", "sched=constant", "sched.warmup_epochs=0", "optim.weight_decay=0"
+        )
+        torch.manual_seed(0)
+        model, train, val, batches = _tiny_setup(cfg)
+        optimizer = build_optimizer(model, cfg.optim)
+        weights = penalised_weights(optimizer)
+        assert weights and all(w.ndim > 1 for w in weights)  # no biases or norm scales
+        schedule = build_schedule(optimizer, cfg.sched, 1, len(train))
+        result = fit(
+            model, train, val, optimizer, schedule, TrainConfig(epochs=1), batches,
+            tmp_path / str(l1), l1=l1,
+        )  # fmt: skip
+        sums[l1] = float(l1_norm(weights).detach())
+        logged[l1] = result.history[0].get("train/l1")
+    assert logged[0.0] is None and logged[1e-2] > 0
+    assert sums[1e-2] < 0.9 * sums[0.0]
+
+
+def test_l1_of_a_still_model_equals_l1_times_sum_of_abs_weights(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("optim.lr=1e-12", "sched=constant", "sched.warmup_epochs=0")
+    model, train, val, batches = _tiny_setup(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    expected = 0.01 * float(l1_norm(penalised_weights(optimizer)).detach())
+    schedule = build_schedule(optimizer, cfg.sched, 1, len(train))
+    result = fit(
+        model, train, val, optimizer, schedule, TrainConfig(epochs=1), batches, tmp_path, l1=0.01
+    )
+    assert result.history[0]["train/l1"] == pytest.approx(expected, rel=1e-4)

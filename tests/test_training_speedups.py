@@ -184,6 +184,15 @@ def test_cache_features_needs_frozen_backbone_without_augmentation():
                 "augment.mixup_alpha=0.2",
             ]
         )
+    with pytest.raises(ConfigError, match=r"augment\.random_erasing > 0"):  # a train-time change
+        compose(
+            [
+                "train.cache_features=true",
+                "finetune=frozen",
+                "augment=none",
+                "augment.random_erasing=0.25",
+            ]
+        )
     with pytest.raises(ConfigError, match=r"cannot use data\.sampler=weighted"):
         compose(
             [

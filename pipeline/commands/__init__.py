@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.commands.ablate import run_ablate
+from pipeline.commands.baseline import run_baseline
 from pipeline.commands.download import run_download
 from pipeline.commands.evaluate import run_evaluate
 from pipeline.commands.export import run_export
@@ -27,6 +28,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
     command.__name__: command
     for command in (
         run_ablate,
+        run_baseline,
         run_download,
         run_evaluate,
         run_export,

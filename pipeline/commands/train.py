@@ -13,10 +13,12 @@ import torch
 from pipeline.commands.console import class_report, print_run_end, print_run_start
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.commands.train_outputs import (
+    best_baseline,
     config_changes,
     derived_params_of,
     interrupted_message,
     keep_checkpoints,
+    log_baseline_comparison,
     log_run_end,
     log_run_start,
     resume_target,
@@ -148,6 +150,7 @@ def _fit_and_test(
         ),
         batch_transform=training.batch_transform,
         class_weights=training.class_weights,
+        l1=cfg.optim.l1,
     )
     test_loss, probs, targets = distributed.gather_predictions(
         *predict(training.model, training.loaders["test"], training.batches, amp)
@@ -255,9 +258,11 @@ def run_train(
         if result.checkpoint:  # best.pt, or final.pt: the weights the test used
             not_saved += save_outputs(run, {result.checkpoint: None}, "checkpoints")
         if main:
+            baseline = best_baseline(cfg, splits)  # logged, or the majority class scored now
+            above = log_baseline_comparison(run, test_metrics["test/acc"], baseline)
             title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
             files = test_report_files(
-                out_dir, title, splits.class_names, targets, probs, test_metrics, result
+                out_dir, title, splits.class_names, targets, probs, test_metrics, result, above
             )
             not_saved += save_outputs(run, files)
         if not_saved:  # the run still ends FINISHED: its training and test are complete

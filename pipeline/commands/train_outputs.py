@@ -17,6 +17,14 @@ from pipeline.config import RunConfig
 from pipeline.data.report import log_data_report
 from pipeline.data.splits import Splits
 from pipeline.errors import first_line
+from pipeline.evaluation.baselines import (
+    SPLIT_DIGEST,
+    BestBaseline,
+    baseline_lines,
+    baseline_metrics,
+    find_best_baseline,
+    majority_baseline,
+)
 from pipeline.evaluation.metrics import classification_report, confusion_matrix, summarize
 from pipeline.evaluation.plots import plot_learning_curves
 from pipeline.evaluation.report import report_files
@@ -43,15 +51,51 @@ def test_metrics_of(class_names: list[str], targets, probs) -> dict[str, float]:
     }
 
 
+def best_baseline(cfg: RunConfig, splits: Splits) -> BestBaseline:
+    """The best baseline logged on this split (stage=baseline), else the majority class
+    scored now. A store that cannot be searched costs the lookup, not the finished run."""
+    try:
+        found = find_best_baseline(cfg.tracking, splits.digest())
+    except Exception as exc:
+        log.warning("could not look up baselines in MLflow: %s", first_line(exc))
+        found = None
+    return found or majority_baseline(splits.train.labels, splits.test.labels)
+
+
+def log_baseline_comparison(run: Run, test_acc: float, best: BestBaseline) -> list[str]:
+    """Logs baseline/best_acc and test/acc_over_baseline, warns in one line when the run
+    did not beat the baseline; returns report.md's section."""
+    run.log_metrics(baseline_metrics(test_acc, best))
+    run.set_tags({"baseline.best": f"{best.kind} ({best.source})"})
+    if test_acc <= best.acc:
+        log.warning(
+            "test/acc %.4f did not beat the %s baseline's %.4f (%s)",
+            test_acc,
+            best.kind,
+            best.acc,
+            best.source,
+        )
+    return baseline_lines(test_acc, best)
+
+
 def test_report_files(
-    out_dir: Path, title: str, class_names: list[str], targets, probs, test_metrics, result
+    out_dir: Path,
+    title: str,
+    class_names: list[str],
+    targets,
+    probs,
+    test_metrics,
+    result,
+    sections: list[str] | None = None,
 ) -> dict[Path, Callable[[Path], object]]:
     """Each file of the test report (the one stage=evaluate writes, plus the learning
     curves), with the function that writes it."""
     cm = confusion_matrix(targets, probs.argmax(1), len(class_names))
     report = classification_report(cm, class_names)
     history, best_epoch = result.history, result.best_epoch
-    files = report_files(out_dir, class_names, cm, report, title, history, test_metrics, best_epoch)
+    files = report_files(
+        out_dir, class_names, cm, report, title, history, test_metrics, best_epoch, sections
+    )
     files[out_dir / "learning_curves.png"] = lambda p: plot_learning_curves(history, p, best_epoch)
     return files
 
@@ -141,6 +185,7 @@ def derived_params_of(
         "world_size": dist_info.world_size,
         **{f"data.n_{name}": n for name, n in splits.sizes().items()},
         "data.n_skipped": len(splits.skipped),
+        SPLIT_DIGEST: splits.digest(),  # which baselines it is compared with
     }
 
 

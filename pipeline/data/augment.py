@@ -33,6 +33,9 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing factor; 0.2 to 0.4 is usual
     cutmix_alpha: float = 0.0  # 1.0 is usual; with both on, each batch picks one at random
     mix_prob: float = 1.0  # chance that a batch is mixed at all
+    # Random erasing (cutout): after every preset's steps, one rectangle of random pixels.
+    random_erasing: float = 0.0  # probability per image; 0.25 is usual
+    random_erasing_scale: tuple[float, float] = (0.02, 0.33)  # its area, as a fraction
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -48,6 +51,15 @@ class AugmentConfig:
             raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
         if not 0 <= self.mix_prob <= 1:
             raise ConfigError(f"augment.mix_prob is a probability, got {self.mix_prob}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(f"augment.random_erasing is a probability, got {self.random_erasing}")
+        erase = self.random_erasing_scale
+        if len(erase) != 2 or not 0 < erase[0] <= erase[1] < 1:
+            raise ConfigError(
+                "augment.random_erasing_scale must be [low, high] with 0 < low <= high < 1, "
+                f"got {list(erase)}"
+            )
+        self.random_erasing_scale = (erase[0], erase[1])  # Hydra passes a list
 
 
 def build_eval_transform(img_size: int, crop_pct: float, interpolation: str) -> A.Compose:
@@ -61,6 +73,18 @@ def build_eval_transform(img_size: int, crop_pct: float, interpolation: str) -> 
 
 
 def build_train_transform(
+    cfg: AugmentConfig, img_size: int, crop_pct: float, interpolation: str
+) -> A.Compose:
+    transform = _preset_transform(cfg, img_size, crop_pct, interpolation)
+    if not cfg.random_erasing:
+        return transform
+    # Last, on the final crop, as timm's RandomErasing after normalisation. Random pixels
+    # (its mode=pixel) rather than a constant: a grey box would be a cue of its own.
+    erasing = A.Erasing(scale=cfg.random_erasing_scale, fill="random", p=cfg.random_erasing)
+    return A.Compose([*transform.transforms, erasing])
+
+
+def _preset_transform(
     cfg: AugmentConfig, img_size: int, crop_pct: float, interpolation: str
 ) -> A.Compose:
     if cfg.preset == "none":

@@ -7,6 +7,7 @@ output small and lets a GPU do the arithmetic.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,12 @@ class Splits:
 
     def sizes(self) -> dict[str, int]:
         return {name: len(getattr(self, name)) for name in SPLITS}
+
+    def digest(self) -> str:
+        """12 hex digits naming this exact split (every image's id, label and split): runs
+        with equal digests trained, selected and tested on the same images."""
+        rows = "\n".join("\t".join(row) for row in self.manifest_rows())
+        return hashlib.sha1(rows.encode()).hexdigest()[:12]
 
     def manifest_rows(self) -> list[tuple[str, str, str]]:
         """(split, image id, class name) for every image: enough to rebuild the split."""

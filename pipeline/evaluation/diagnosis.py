@@ -86,14 +86,18 @@ def render_report(
     history: list[dict[str, float]],
     metrics: dict[str, float] | None = None,
     best_epoch: int | None = None,
+    sections: list[str] | None = None,
 ) -> str:
-    """Markdown: diagnosis, headline metrics and the per-epoch table."""
+    """Markdown: diagnosis, headline metrics, `sections` (markdown lines, e.g. the baseline
+    comparison) and the per-epoch table."""
     diagnosis = diagnose(history)
     lines = [f"# {title}", "", f"## Learning curves: {diagnosis.verdict}", ""]
     lines += [f"- {finding}" for finding in diagnosis.findings]
     if metrics:
         lines += ["", "## Metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {name} | {value:.4f} |" for name, value in metrics.items()]
+    if sections:
+        lines += ["", *sections]
     if history:
         lines += [
             "",
@@ -111,6 +115,8 @@ def render_report(
     return "\n".join(lines) + "\n"
 
 
-def write_report(path: Path, title: str, history, metrics=None, best_epoch=None) -> Path:
-    Path(path).write_text(render_report(title, history, metrics, best_epoch))
+def write_report(
+    path: Path, title: str, history, metrics=None, best_epoch=None, sections=None
+) -> Path:
+    Path(path).write_text(render_report(title, history, metrics, best_epoch, sections))
     return Path(path)

@@ -34,9 +34,11 @@ def report_files(
     history: list[dict[str, float]],
     metrics: dict[str, float],
     best_epoch: int | None = None,
+    sections: list[str] | None = None,
 ) -> dict[Path, Writer]:
     """classification_report.json/.txt, confusion_matrix.json/.png and report.md, each with
-    the function that writes it. `report` is metrics.classification_report(cm, class_names)."""
+    the function that writes it. `report` is metrics.classification_report(cm, class_names);
+    `sections` are markdown lines report.md adds after its metrics."""
     return {
         out_dir / "classification_report.json": _text(json.dumps(report, indent=2)),
         out_dir / "classification_report.txt": _text(format_report(report)),
@@ -44,7 +46,9 @@ def report_files(
             json.dumps({"labels": class_names, "counts": cm.tolist()})
         ),
         out_dir / "confusion_matrix.png": lambda p: plot_confusion_matrix(cm, class_names, p),
-        out_dir / "report.md": lambda p: write_report(p, title, history, metrics, best_epoch),
+        out_dir / "report.md": lambda p: write_report(
+            p, title, history, metrics, best_epoch, sections
+        ),
     }
 
 

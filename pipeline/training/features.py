@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from pipeline.data.loader import EpochSampler
 from pipeline.errors import ConfigError
@@ -32,16 +32,19 @@ def check_cache_features(
     world_size: int = 1,
     *,
     mixing: bool = False,
+    erasing: bool = False,
     sampler: str = "shuffle",
 ) -> None:
     """Caching is exact only when the backbone and its input are the same every epoch."""
     if not cache_features:
         return
-    if strategy != "frozen" or augment_preset != "none" or mixing:
+    if strategy != "frozen" or augment_preset != "none" or mixing or erasing:
         raise ConfigError(
             "train.cache_features=true needs finetune=frozen, augment=none and no mixup/cutmix "
-            f"(got finetune={strategy}, augment={augment_preset}"
-            + (", augment.mixup_alpha/cutmix_alpha > 0)" if mixing else ")")
+            f"or random erasing (got finetune={strategy}, augment={augment_preset}"
+            + (", augment.mixup_alpha/cutmix_alpha > 0" if mixing else "")
+            + (", augment.random_erasing > 0" if erasing else "")
+            + ")"
         )
     if sampler != "shuffle":
         raise ConfigError(
@@ -74,6 +77,30 @@ def extract_features(
         labels.append(y)
     backbone.train(was_training)
     return torch.cat(features), torch.cat(labels)
+
+
+def split_features(
+    backbone: nn.Module,
+    dataset: Dataset,
+    batches: Batches,
+    amp_dtype: torch.dtype | None,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    pin_memory: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features and labels of a whole split (a dataset with its eval transform), read once
+    in order: what the cached head, stage=baseline's linear probe and the data checks use."""
+    in_order = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        # Its own generator: a loader without one draws from the global torch RNG, which
+        # would shift the head's dropout masks away from the uncached run's.
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return extract_features(backbone, in_order, batches, amp_dtype)
 
 
 class FeatureLoader:
@@ -165,16 +192,16 @@ def cached_feature_loaders(
     shuffles with `seed` and the train loader's batch size, as the image loader does."""
     # build_loader batches by batch_size (None only for a loader given a batch_sampler).
     assert train_loader.batch_size is not None and val_loader.batch_size is not None
-    in_order = DataLoader(
+    train_x, train_y = split_features(
+        model.backbone,
         train_loader.dataset,
-        batch_size=val_loader.batch_size,
-        num_workers=train_loader.num_workers,
-        pin_memory=train_loader.pin_memory,
-        # Its own generator: a loader without one draws from the global torch RNG, which
-        # would shift the head's dropout masks away from the uncached run's.
-        generator=torch.Generator().manual_seed(seed),
+        batches,
+        amp_dtype,
+        val_loader.batch_size,
+        train_loader.num_workers,
+        seed,
+        train_loader.pin_memory,
     )
-    train_x, train_y = extract_features(model.backbone, in_order, batches, amp_dtype)
     val_x, val_y = extract_features(model.backbone, val_loader, batches, amp_dtype)
     return (
         HeadOnFeatures(model),

@@ -27,6 +27,7 @@ from pipeline.training.config import TrainConfig
 from pipeline.training.early_stopping import BestCheckpoint, EarlyStopping
 from pipeline.training.ema import ModelEma
 from pipeline.training.guards import LossGuard
+from pipeline.training.optim import l1_norm, penalised_weights
 from pipeline.training.precision import autocast, grad_scaler, resolve_amp, use_fast_cuda_kernels
 from pipeline.training.progress import EpochProgress, RunProgress, progress_mode
 from pipeline.training.sched import Schedule
@@ -77,10 +78,13 @@ def train_one_epoch(
     class_weights: torch.Tensor | None = None,
     first_step: int = 0,
     ema: ModelEma | None = None,
+    l1: float = 0.0,
 ) -> dict[str, float]:
     """`batch_transform(x, y) -> (x, targets)` may mix images on the device and return soft
     targets (N, C), e.g. `pipeline.data.mix.MixBatch`; accuracy is still counted against `y`.
-    `progress` (RunProgress.train) wraps the loader and shows the running loss/acc."""
+    `progress` (RunProgress.train) wraps the loader and shows the running loss/acc.
+    `l1` > 0 adds l1 * sum |w| (optim.penalised_weights) to each batch's loss; the returned
+    `loss` stays the cross-entropy, comparable with val/loss, and `l1` is the mean penalty."""
     model.train()
     # Sums stay on the device: no host sync per batch.
     loss_sum = torch.zeros((), device=batches.device)
@@ -90,6 +94,8 @@ def train_one_epoch(
     accumulate, n_batches = cfg.accumulate_steps, len(loader)
     group_has_grad = False
     peak_lr = 0.0  # the highest LR an optimizer step of this epoch used (what `lr` logs)
+    weights = penalised_weights(optimizer) if l1 else []
+    l1_sum = torch.zeros((), device=batches.device)
     optimizer.zero_grad(set_to_none=True)
     for i, (images, labels) in enumerate(progress or loader):
         x, y = batches(images, labels)
@@ -99,15 +105,17 @@ def train_one_epoch(
             loss = F.cross_entropy(
                 logits, targets, weight=class_weights, label_smoothing=cfg.label_smoothing
             )
+        penalty = l1 * l1_norm(weights) if weights else None
+        objective = loss + penalty if penalty is not None else loss
         # Gradient accumulation: each micro-batch adds loss / (micro-batches in its group),
         # so one optimizer step sees the group's mean loss, as one big batch would.
         group_start = i - i % accumulate
         group_end = min(group_start + accumulate, n_batches)
         # --- non-finite loss: stop (checked every cfg.log_every steps) or skip this batch ---
-        skipped = guard.bad_step(loss)
+        skipped = guard.bad_step(objective)
         # --- end non-finite loss ---
         if not skipped:
-            micro = loss / (group_end - group_start) if accumulate > 1 else loss
+            micro = objective / (group_end - group_start) if accumulate > 1 else objective
             (scaler.scale(micro) if scaler is not None else micro).backward()
             group_has_grad = True
         if i + 1 == group_end:  # the LR schedule follows optimizer steps, skipped or not
@@ -120,6 +128,8 @@ def train_one_epoch(
             schedule.step_batch()
         if not skipped:
             loss_sum += loss.detach() * y.shape[0]
+            if penalty is not None:
+                l1_sum += penalty.detach() * y.shape[0]
             correct += (logits.detach().argmax(1) == y).sum()
             seen += y.shape[0]
         if progress:
@@ -136,6 +146,7 @@ def train_one_epoch(
         raise TrainingError(f"training loss is {mean_loss}: lower optim.lr or set train.grad_clip")
     return {
         "loss": mean_loss,
+        "l1": l1_sum.item() / max(seen, 1),  # the same on every rank: no reduce
         "acc": correct.item() / max(seen, 1),
         "skipped": guard.skipped,
         "lr": peak_lr,
@@ -213,6 +224,7 @@ def fit(
     class_weights: torch.Tensor | None = None,
     resume: dict | None = None,
     checkpoint_extra: dict | None = None,
+    l1: float = 0.0,
 ) -> FitResult:
     """Train for up to cfg.epochs; validate each epoch; stop early; restore the best weights.
 
@@ -280,6 +292,7 @@ def fit(
             class_weights=class_weights,
             first_step=epoch * len(train_loader),
             ema=ema,
+            l1=l1,
         )
         val_loss, val_probs, val_targets = distributed.gather_predictions(
             *predict(eval_model, progress.validate(val_loader, epoch), batches, amp_dtype)
@@ -299,6 +312,8 @@ def fit(
         }
         if cfg.nan_policy == "skip":
             metrics["train/skipped_steps"] = train["skipped"]
+        if l1:
+            metrics["train/l1"] = train["l1"]
         schedule.step_epoch(val_loss)
         if cfg.early_stopping.monitor not in metrics:
             raise ConfigError(

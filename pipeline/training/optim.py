@@ -23,6 +23,9 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
     backbone_lr_mult: float = 1.0  # discriminative LR: < 1 keeps pretrained features closer
     layer_decay: float = 1.0  # < 1: a backbone stage d stages below the head gets lr * decay**d
+    # L1 penalty: l1 * sum |w| over the trainable weights weight decay applies to (not norms
+    # and biases), added to the loss each step; it drives small weights to exactly zero.
+    l1: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -31,6 +34,8 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.l1 < 0:
+            raise ConfigError(f"optim.l1 must be >= 0, got {self.l1}")
         if self.backbone_lr_mult < 0:
             raise ConfigError(f"optim.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
         if not 0 < self.layer_decay <= 1:
@@ -80,6 +85,17 @@ def _distance_from_head(model: nn.Module) -> dict[str, tuple[int, int]]:
     return {
         name: (len(stages) - index, index) for index, names in enumerate(stages) for name in names
     }
+
+
+def penalised_weights(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    """The weights an L1 penalty applies to: what the optimizer trains, less the 1-D tensors
+    (norm scales, biases), by the same rule as weight decay in `param_groups`."""
+    return [p for group in optimizer.param_groups for p in group["params"] if p.ndim > 1]
+
+
+def l1_norm(weights: list[nn.Parameter]) -> torch.Tensor:
+    """sum |w| over `weights`, in float32 (a differentiable scalar)."""
+    return torch.stack([w.float().abs().sum() for w in weights]).sum()
 
 
 def transfer_state(old: torch.optim.Optimizer, new: torch.optim.Optimizer) -> None:

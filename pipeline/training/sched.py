@@ -9,18 +9,23 @@ import torch
 
 from pipeline.errors import ConfigError
 
-SCHEDULES = ("constant", "cosine", "step", "exponential", "plateau")
+SCHEDULES = ("constant", "cosine", "step", "exponential", "plateau", "onecycle")
 
 
 @dataclass
 class SchedConfig:
-    name: str = "cosine"  # constant | cosine | step | exponential | plateau
-    warmup_epochs: float = 1.0  # linear ramp from 0; plateau: 0 (it has no warmup)
+    name: str = "cosine"  # constant | cosine | step | exponential | plateau | onecycle
+    warmup_epochs: float = 1.0  # linear ramp from 0; plateau, onecycle: 0 (no warmup)
     min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak LR
     step_epochs: int = 10  # step: decay every N epochs
     gamma: float = 0.1  # step: factor per step; exponential: factor per epoch
     plateau_patience: int = 2  # plateau: epochs without val/loss improvement before decay
     plateau_factor: float = 0.1
+    # onecycle (torch's OneCycleLR, cosine): from peak/div_factor up to the peak (optim.lr)
+    # over the first pct_start of all steps, then down to peak/div_factor/final_div_factor.
+    pct_start: float = 0.3
+    div_factor: float = 25.0
+    final_div_factor: float = 1e4
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:
@@ -29,6 +34,15 @@ class SchedConfig:
             raise ConfigError(f"sched.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         if self.name == "plateau" and self.warmup_epochs:
             raise ConfigError("sched.warmup_epochs is not supported with sched.name=plateau")
+        if self.name == "onecycle" and self.warmup_epochs:
+            raise ConfigError(
+                "sched.warmup_epochs is not used with sched.name=onecycle: its rise is "
+                "sched.pct_start (sched=onecycle sets sched.warmup_epochs=0)"
+            )
+        if not 0 < self.pct_start < 1:
+            raise ConfigError(f"sched.pct_start must be in (0, 1), got {self.pct_start}")
+        if self.div_factor < 1 or self.final_div_factor < 1:
+            raise ConfigError("sched.div_factor and sched.final_div_factor must be >= 1")
         if not 0 < self.gamma <= 1:
             raise ConfigError(f"sched.gamma must be in (0, 1], got {self.gamma}")
         if self.step_epochs < 1:
@@ -54,7 +68,25 @@ def lr_factor(cfg: SchedConfig, step: int, total_steps: int, steps_per_epoch: in
         return cfg.gamma ** int(epoch // cfg.step_epochs)
     if cfg.name == "exponential":
         return cfg.gamma**epoch
+    if cfg.name == "onecycle":
+        return one_cycle_factor(cfg, step, total_steps)
     return 1.0
+
+
+def one_cycle_factor(cfg: SchedConfig, step: int, total_steps: int) -> float:
+    """torch.optim.lr_scheduler.OneCycleLR's two cosine phases (three_phase=False), as a
+    multiplier on the peak: the same LRs, step for step, but for any number of param groups
+    and through the LambdaLR every other schedule uses (state_dict, rebind)."""
+    start = 1 / cfg.div_factor
+    end = start / cfg.final_div_factor
+    peak_step = cfg.pct_start * total_steps - 1
+    last_step = total_steps - 1
+    step = min(step, last_step)
+    if step <= peak_step:
+        low, high, progress = start, 1.0, step / peak_step if peak_step > 0 else 1.0
+    else:
+        low, high, progress = 1.0, end, (step - peak_step) / (last_step - peak_step)
+    return high + (low - high) / 2 * (math.cos(math.pi * progress) + 1)
 
 
 class Schedule:
