@@ -38,7 +38,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
     )
 }
 STAGE_FUNCTIONS = {stage: _COMMANDS[f"run_{stage}"] for stage in STAGES}
-RUNTIME_STAGES = {"ablate", "search"}  # the others take (cfg, out_dir) alone
+RUNTIME_STAGES = {"ablate", "search", "train"}  # the others take (cfg, out_dir) alone
 
 
 def run_stage(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime) -> Any:
