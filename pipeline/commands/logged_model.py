@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import warnings
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 
 from pipeline.evaluation.export import ExportModel
 from pipeline.models.backbone import InputSpec
+from pipeline.tracking.mlflow_internals import untyped_python_model
 from pipeline.tracking.runs import fluent_run, quiet_logger
 
 EXAMPLE_IMAGES = 2  # the input example's batch size
@@ -37,9 +37,8 @@ def labelled_predictions(probs: np.ndarray, class_names: list[str]) -> Any:
 def _pyfunc_model(model: ExportModel, class_names: list[str]) -> Any:
     """A PythonModel around `model`; the class is made here so that `mlflow` is imported
     only when a model is logged (and cloudpickle saves it by value, with the model)."""
-    from mlflow.pyfunc import PythonModel
 
-    class ImageClassifier(PythonModel):
+    class ImageClassifier(untyped_python_model()):  # type: ignore[misc]
         def __init__(self, model: ExportModel, class_names: list[str]):
             self.model, self.class_names = model, class_names
 
@@ -72,18 +71,12 @@ def log_classifier_model(
         probs = model(torch.from_numpy(example)).numpy()
     signature = infer_signature(example, labelled_predictions(probs, class_names))
     requirements = [f"{name}=={version.split('+')[0]}" for name, version in _versions().items()]
-    # MLflow warns at INFO/WARNING that a pickled python_model runs code when loaded (as any
-    # pickle: load runs from stores you trust) and asks for type hints on predict (its input
-    # is an image array, which hints cannot describe): not for the training run's terminal.
-    with (
-        quiet_logger("mlflow.pyfunc", logging.ERROR),
-        fluent_run(tracking_uri, run_id) as mlflow,
-        warnings.catch_warnings(),
-    ):
-        warnings.simplefilter("ignore")
+    # MLflow warns, in the training run's terminal, that a pickled python_model runs code
+    # when loaded: as any pickle, load models from stores you trust (docs/training.md).
+    with quiet_logger("mlflow.pyfunc", logging.ERROR), fluent_run(tracking_uri, run_id) as mlflow:
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=_pyfunc_model(model, class_names),  # its class warns when made
+            python_model=_pyfunc_model(model, class_names),
             signature=signature,
             input_example=example,
             # Pinned here so MLflow does not load the model in a subprocess to guess them.

@@ -61,6 +61,22 @@ def tracking_uri_set(uri: str) -> Iterator[None]:
         yield
 
 
+def untyped_python_model() -> Any:
+    """`mlflow.pyfunc.PythonModel`, for a `predict` without type hints (an image array in, a
+    DataFrame out: no hint MLflow validates describes them), made without MLflow's warning.
+
+    Private: `PythonModel._skip_type_hint_validation`, which stops __init_subclass__ from
+    asking for hints (with a warning that `warnings.catch_warnings` cannot silence: MLflow
+    sets its own filter). If it goes, each training run prints that yellow warning when it
+    logs its model; nothing else changes."""
+    from mlflow.pyfunc import PythonModel
+
+    class UntypedPythonModel(PythonModel):
+        _skip_type_hint_validation = True
+
+    return UntypedPythonModel
+
+
 def dataset_entity(dataset: Any) -> Any:
     """The `mlflow.entities.Dataset` of an `mlflow.data` dataset, for
     `MlflowClient.log_inputs` (the public `mlflow.log_input` needs a fluent active run, and
