@@ -160,9 +160,7 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
         if EXPERIMENT_KIND_TAG not in experiment.tags:  # one made before, or by others
-            client.set_experiment_tag(
-                experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
-            )
+            _tag_experiment_kind(client, experiment.experiment_id)
         return experiment.experiment_id
     location = None
     if "://" not in cfg.uri or cfg.uri.startswith(("sqlite:", "file:")):
@@ -172,6 +170,17 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     return client.create_experiment(
         cfg.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
     )
+
+
+def _tag_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Best effort: parallel jobs may tag it at once, and a SQLite store then refuses the
+    second insert (UNIQUE constraint); the tag is there either way."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except MlflowException as exc:
+        log.debug("experiment %s not tagged %s: %s", experiment_id, EXPERIMENT_KIND_TAG, exc)
 
 
 def _local_artifact_root(cfg: TrackingConfig) -> Path:
