@@ -245,7 +245,7 @@ def run_note(name: str | None, result: FitResult, test_metrics: dict[str, float]
         "|" + "---|" * len(keys),
         "| " + " | ".join(f"{test_metrics[k]:.4f}" for k in keys) + " |",
         "",
-        f"Tested the weights of the {tested_weights(result)} ({len(result.history)} epochs run). "
+        f"Tested the weights of the {tested_weights(result)} ({len(result.history)} epoch(s) run). "
         "Per-class scores, curves and the full diagnosis: `report.md`, "
         "`learning_curves.png`, `confusion_matrix.png` (Artifacts).",
     ]
