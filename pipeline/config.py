@@ -47,6 +47,20 @@ STAGES = (
     "baseline",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
+# The RunConfig fields a training run uses, logged as its params (`tracking.params`); the
+# other stages' sections (lr_find, eval, ablation, ...) stay out of its runs-table row.
+TRAINING_GROUPS = (
+    "seed",
+    "data",
+    "augment",
+    "backbone",
+    "head",
+    "finetune",
+    "optim",
+    "sched",
+    "train",
+    "tracking",
+)
 
 
 # --- settings of the experiment groups (conf/ablation, conf/hparams_search) -----------

@@ -98,7 +98,7 @@ def test_a_parent_name_with_quotes_is_found_again(mlflow_uri, tmp_path):
 def _fake_train(calls):
     """run_train without training: records the child's tracking, returns a fixed result."""
 
-    def train(cfg, out_dir):
+    def train(cfg, out_dir, runtime=None):
         calls.append(cfg.tracking)
         out_dir.mkdir(parents=True)  # as training does
         fit = SimpleNamespace(history=[{"val/acc": 0.5}], best_epoch=0)

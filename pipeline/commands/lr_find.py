@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 
 from pipeline.commands.training_setup import build_training, check_batch_norm_batches
-from pipeline.config import RunConfig
+from pipeline.config import TRAINING_GROUPS, RunConfig
 from pipeline.data.splits import run_splits
 from pipeline.evaluation.visualize import plot_lr_find
 from pipeline.repro import seed_everything, set_deterministic
-from pipeline.tracking.runs import flatten, run_name_for, start_run
+from pipeline.tracking.params import config_params
+from pipeline.tracking.runs import grouping_tags, run_name_for, start_run
 from pipeline.tracking.store import check_store
 from pipeline.training.lr_find import LRFindResult, lr_range_test
 from pipeline.training.precision import resolve_device
@@ -62,9 +63,10 @@ def run_lr_find(cfg: RunConfig, out_dir: Path) -> LRFindResult:
     plot = plot_lr_find(
         result.lrs, result.losses, result.smoothed, result.suggested_lr, out_dir / "lr_find.png"
     )
-    tags = {"stage": "lr_find", "backbone": cfg.backbone.name}
+    tags = {**grouping_tags("lr_find", cfg.seed), "backbone": cfg.backbone.name}
     with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "lr_find")) as run:
-        run.log_params({**flatten(cfg.to_dict()), "weights_source": setup.weights.source})
+        params = config_params(cfg.to_dict(), (*TRAINING_GROUPS, "lr_find"))
+        run.log_params({**params, "weights_source": setup.weights.source})
         metrics: dict[str, float] = {"lr_find/steps_run": len(result.lrs)}
         if math.isfinite(result.suggested_lr):
             metrics["lr_find/suggested_lr"] = result.suggested_lr

@@ -42,7 +42,9 @@ def run_search(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA) 
         {"study": search.study, "trial": str(trial)},
     )
     result = train_command.run_train(
-        dataclasses.replace(cfg, stage="train", tracking=child_tracking_cfg), Path(out_dir)
+        dataclasses.replace(cfg, stage="train", tracking=child_tracking_cfg),
+        Path(out_dir),
+        runtime=runtime,  # the trial's run gets its overrides and sweep tags
     )
     value = objective(result.fit.history, result.fit.best_epoch, search.metric)
     print(f"trial {trial}: {search.metric} {value:.4f}")

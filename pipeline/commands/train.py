@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline.commands.console import class_report, print_run_end, print_run_start
+from pipeline.commands.logged_model import log_classifier_model
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.commands.train_outputs import (
     best_baseline,
@@ -21,7 +22,9 @@ from pipeline.commands.train_outputs import (
     log_baseline_comparison,
     log_run_end,
     log_run_start,
+    per_class_metrics_of,
     resume_target,
+    run_note,
     save_outputs,
     test_metrics_of,
     test_report_files,
@@ -34,12 +37,18 @@ from pipeline.commands.training_setup import (
 from pipeline.config import RunConfig
 from pipeline.data.loader import shut_down_loader_workers
 from pipeline.data.splits import Splits, run_splits
-from pipeline.errors import ConfigError, StorageError, TrainingError
+from pipeline.errors import ConfigError, StorageError, TrainingError, first_line
 from pipeline.experiments.kfold import run_kfold
 from pipeline.models.backbone import check_model_name
 from pipeline.repro import seed_everything, set_deterministic
 from pipeline.signals import Interrupted, sigterm_as_interrupt
-from pipeline.tracking.runs import Run, run_name_for, start_run
+from pipeline.tracking.runs import (
+    Run,
+    grouping_tags,
+    run_name_for,
+    start_run,
+    system_metrics_logged,
+)
 from pipeline.tracking.store import check_store
 from pipeline.training import distributed
 from pipeline.training.batches import BatchSource, ToDevice
@@ -165,7 +174,8 @@ def run_train(
     runtime: HydraRuntime = NO_HYDRA,
 ) -> TrainResult:
     """`splits` given (one k-fold fold) skips building them; data.kfold=K runs K folds, and
-    data.fold=I only fold I. `runtime` (the command line) makes the printed resume command exact."""
+    data.fold=I only fold I. `runtime` (the command line) gives the run its `overrides` and
+    `sweep` tags and makes the printed resume command exact."""
     if cfg.data.kfold and cfg.data.fold is None and splits is None:
         return run_kfold(cfg, out_dir, functools.partial(run_train, runtime=runtime))
     out_dir = Path(out_dir)
@@ -203,7 +213,11 @@ def run_train(
     checkpoint_dir = resume.checkpoint_dir if resume else out_dir / "checkpoints"
     tracking = cfg.tracking if main else dataclasses.replace(cfg.tracking, enabled=False)
     # owner.host/pid: a RUNNING run whose process is gone (SIGKILL) can be taken over.
-    run_tags = {"stage": "train", "backbone": cfg.backbone.name, **owner_tags()}
+    run_tags = {
+        **grouping_tags("train", cfg.seed, runtime.overrides, runtime.sweep_dir),
+        "backbone": cfg.backbone.name,
+        **owner_tags(),
+    }
     with (
         sigterm_as_interrupt(),
         start_run(
@@ -212,6 +226,7 @@ def run_train(
             run_id=resume.run_id if resume else None,
             name=run_name_for(cfg, "train"),
         ) as run,
+        system_metrics_logged(run, tracking),  # stopped before the run ends, however it ends
     ):
         log_run_start(run, cfg, splits, derived_params, out_dir, resume, checkpoint_dir)
         if main:  # said now, not only at the end: a SIGKILL leaves no last words
@@ -250,10 +265,11 @@ def run_train(
             shut_down_loader_workers(training.loaders)
             keep_checkpoints(run, checkpoint_dir)
             raise Interrupted(interrupted_message(stopped_by, run, checkpoint_dir))
-        test_metrics = {"test/loss": test_loss}
+        test_metrics, per_class = {"test/loss": test_loss}, {}
         if main:  # per-class report, plots and report.md: rank 0 holds the gathered predictions
             test_metrics |= test_metrics_of(splits.class_names, targets, probs)
-        log_run_end(run, result, test_metrics)  # the numbers first, then the files
+            per_class = per_class_metrics_of(splits.class_names, targets, probs)
+        log_run_end(run, result, test_metrics, per_class)  # the numbers first, then the files
         not_saved = []
         if result.checkpoint:  # best.pt, or final.pt: the weights the test used
             not_saved += save_outputs(run, {result.checkpoint: None}, "checkpoints")
@@ -265,6 +281,19 @@ def run_train(
                 out_dir, title, splits.class_names, targets, probs, test_metrics, result, above
             )
             not_saved += save_outputs(run, files)
+            run.set_tags({"mlflow.note.content": run_note(run.name, result, test_metrics)})
+        if main and run.active and cfg.tracking.log_model:
+            try:
+                log_classifier_model(
+                    str(run.run_id),
+                    cfg.tracking.uri,
+                    training.model,
+                    training.spec,
+                    splits.class_names,
+                    cfg.seed,
+                )
+            except Exception as exc:  # like a file: a failed upload costs the model, not the run
+                not_saved.append(f"model (not logged: {first_line(exc)})")
         if not_saved:  # the run still ends FINISHED: its training and test are complete
             run.set_tags({"warning": f"not saved: {'; '.join(not_saved)}"})
             log.warning("run finished, but not all its files were saved: %s", "; ".join(not_saved))

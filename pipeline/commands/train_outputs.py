@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 import yaml
 
+from pipeline.commands.evaluate import metric_name
 from pipeline.commands.training_setup import TrainingSetup
-from pipeline.config import RunConfig
-from pipeline.data.report import log_data_report
+from pipeline.config import TRAINING_GROUPS, RunConfig
+from pipeline.data.report import log_data_report, log_dataset_inputs
 from pipeline.data.splits import Splits
 from pipeline.errors import first_line
 from pipeline.evaluation.baselines import (
@@ -25,10 +26,12 @@ from pipeline.evaluation.baselines import (
     find_best_baseline,
     majority_baseline,
 )
+from pipeline.evaluation.diagnosis import diagnose
 from pipeline.evaluation.metrics import classification_report, confusion_matrix, summarize
 from pipeline.evaluation.plots import plot_learning_curves
 from pipeline.evaluation.report import report_files
 from pipeline.repro import environment_tags
+from pipeline.tracking.params import config_params, param_text
 from pipeline.tracking.runs import Run, flatten
 from pipeline.training import distributed
 from pipeline.training.loop import FitResult
@@ -76,6 +79,19 @@ def log_baseline_comparison(run: Run, test_acc: float, best: BestBaseline) -> li
             best.source,
         )
     return baseline_lines(test_acc, best)
+
+
+def per_class_metrics_of(class_names: list[str], targets, probs) -> dict[str, float]:
+    """`test/precision/<class>`, `test/recall/<class>`, `test/f1/<class>`: the keys
+    stage=evaluate logs, so a training run and its evaluations line up in the runs table."""
+    report = classification_report(
+        confusion_matrix(targets, probs.argmax(1), len(class_names)), class_names
+    )
+    return {
+        metric_name(f"test/{key.removesuffix('-score')}/{name}"): report[name][key]
+        for name in class_names
+        for key in ("precision", "recall", "f1-score")
+    }
 
 
 def test_report_files(
@@ -169,13 +185,13 @@ def derived_params_of(
 ) -> dict:
     """Facts the config alone does not say, logged as params beside it."""
     model, spec, weights = setup.model, setup.spec, setup.weights
-    return {
+    return {  # lists as `a,b,c`, as config_params writes them
         "weights_source": weights.source,
         "weights_sha256": weights.sha256 or "",
         "weights_path": weights.path or "",
         "input.img_size": spec.img_size,
-        "input.mean": list(spec.mean),
-        "input.std": list(spec.std),
+        "input.mean": param_text(list(spec.mean)),
+        "input.std": param_text(list(spec.std)),
         "input.interpolation": spec.interpolation,
         "input.crop_pct": setup.crop_pct,
         "params.total": sum(p.numel() for p in model.parameters()),
@@ -198,16 +214,18 @@ def log_run_start(
     resume: ResumePoint | None,
     checkpoint_dir: Path,
 ) -> None:
-    """config.yaml; params, split manifest and data report for a new run; history for an adopted one."""
+    """config.yaml; params (the training groups only), split manifest, data report and
+    dataset inputs for a new run; history for an adopted one."""
     config_path = out_dir / "config.yaml"
     config_path.write_text(
         yaml.safe_dump(json.loads(json.dumps(cfg.to_dict(), default=list)), sort_keys=False)
     )
     if resume is None or resume.run_id is None:  # a new run
-        run.log_params({**flatten(cfg.to_dict()), **derived_params})
+        run.log_params({**config_params(cfg.to_dict(), TRAINING_GROUPS), **derived_params})
         run.log_artifact(config_path)
         run.log_artifact(write_split_manifest(splits, out_dir / "splits.csv"))
         log_data_report(run, splits, out_dir)
+        log_dataset_inputs(run, splits, cfg.data)
     if resume is not None:
         run.set_tags({"resumed_after_epoch": resume.epochs_done})
         if resume.run_id is None:  # the checkpoint came from an untracked run
@@ -216,10 +234,25 @@ def log_run_start(
     run.set_tags({**environment_tags(), CHECKPOINT_DIR_TAG: checkpoint_dir.resolve()})
 
 
-def log_run_end(run: Run, result: FitResult, test_metrics: dict[str, float]) -> None:
+def best_metrics_of(result: FitResult) -> dict[str, float]:
+    """`best/<metric>`: the epoch model selection kept (`best/val/loss`, `best/val/acc`,
+    `best/train/...`), named as the search parent's `best/<search.metric>`."""
+    if not 0 <= result.best_epoch < len(result.history):
+        return {}
+    return {f"best/{k}": v for k, v in result.history[result.best_epoch].items() if "/" in k}
+
+
+def log_run_end(
+    run: Run,
+    result: FitResult,
+    test_metrics: dict[str, float],
+    per_class: dict[str, float] | None = None,
+) -> None:
     run.log_metrics(
         {
             **test_metrics,
+            **(per_class or {}),
+            **best_metrics_of(result),
             "best_epoch": result.best_epoch + 1,
             "tested_epoch": result.weights_epoch + 1,  # differs under restore_best=false
             "train_seconds": result.train_seconds,
@@ -234,3 +267,23 @@ def tested_weights(result: FitResult) -> str:
     if result.weights_epoch == result.best_epoch:
         return best
     return f"tested epoch {result.weights_epoch + 1}, the last (restore_best=false); {best}"
+
+
+def run_note(name: str | None, result: FitResult, test_metrics: dict[str, float]) -> str:
+    """The run's description (`mlflow.note.content`, markdown, on its Overview page): the
+    learning-curve diagnosis headline and the test metrics, as report.md opens."""
+    diagnosis = diagnose(result.history)
+    headline = diagnosis.findings[0] if diagnosis.findings else ""
+    keys = list(test_metrics)
+    lines = [
+        f"**{name or 'training run'}**: {diagnosis.verdict}. {headline}",
+        "",
+        "| " + " | ".join(keys) + " |",
+        "|" + "---|" * len(keys),
+        "| " + " | ".join(f"{test_metrics[k]:.4f}" for k in keys) + " |",
+        "",
+        f"Tested the weights of the {tested_weights(result)} ({len(result.history)} epoch(s) run). "
+        "Per-class scores, curves and the full diagnosis: `report.md`, "
+        "`learning_curves.png`, `confusion_matrix.png` (Artifacts).",
+    ]
+    return "\n".join(lines)

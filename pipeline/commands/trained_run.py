@@ -27,7 +27,7 @@ from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, DataError, first_line
 from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier, build_model
-from pipeline.tracking.runs import run_name_for, start_run
+from pipeline.tracking.runs import grouping_tags, run_name_for, start_run
 from pipeline.tracking.store import mlflow_client, store_missing
 from pipeline.training.batches import Batches
 from pipeline.training.checkpoint import load_checkpoint
@@ -264,7 +264,8 @@ def linked_run(cfg: RunConfig, trained: TrainedModel, stage: str):
     `mlflow.parentRunId`, so the UI shows it under that run and nothing of the original is
     overwritten (a second evaluation with TTA is a second child, not a changed number).
     """
-    tracking, tags = cfg.tracking, {"stage": stage, "backbone": trained.cfg.backbone.name}
+    tags = {**grouping_tags(stage, trained.cfg.seed), "backbone": trained.cfg.backbone.name}
+    tracking = cfg.tracking
     source_name = run_name_for(trained.cfg, "train")
     if trained.run_id and tracking.enabled:
         client = mlflow_client(tracking.uri)

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.config import RunConfig
+from pipeline.config import TRAINING_GROUPS, RunConfig
 from pipeline.data.report import log_data_report
 from pipeline.data.splits import Splits, build_splits, kfold_splits
-from pipeline.tracking.runs import flatten, run_name_for, start_run
+from pipeline.tracking.params import config_params
+from pipeline.tracking.runs import run_name_for, start_run
 from pipeline.tracking.store import check_store
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def run_kfold(cfg: RunConfig, out_dir: Path, run_train: Callable):
     with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "train")) as parent:
         parent.log_params(
             {
-                **flatten(cfg.to_dict()),
+                **config_params(cfg.to_dict(), TRAINING_GROUPS),
                 "data.n_trainval": len(folds),
                 "data.n_test": len(splits.test),
             }

@@ -17,3 +17,8 @@ class TrackingConfig:
     # Nest this run under another (ablation and search children); set as `mlflow.parentRunId`
     # explicitly so it works from any process, not only inside an active parent.
     parent_run_id: str | None = None
+    # A training run logs its model as an MLflow model (pyfunc: labels and probabilities),
+    # loadable with mlflow.pyfunc.load_model and servable with `mlflow models serve`.
+    log_model: bool = True
+    # MLflow's system metrics (CPU, memory, disk, network; GPU via nvml) on a training run.
+    system_metrics: bool = True

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,25 +17,25 @@ if TYPE_CHECKING:
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking.config import TrackingConfig
-from pipeline.tracking.mlflow_internals import tracking_uri_set
+from pipeline.tracking.credentials import redact
+from pipeline.tracking.mlflow_internals import (
+    dataset_entity,
+    system_metrics_monitor,
+    tracking_uri_set,
+)
+from pipeline.tracking.params import flatten as flatten  # where the stages import it from
+from pipeline.tracking.params import param_text
 from pipeline.tracking.store import mlflow_client, sqlite_path, store_error
 
 log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 NAME_SUFFIX_TRIES = 5
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'a': {'b': 1}} -> {'a.b': 1}; lists and scalars are leaves."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+# MLflow 3's UI opens an experiment of this kind on its model-training view, not the GenAI one
+# (the values: the UI's ExperimentKind enum in mlflow/server/js).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+SYSTEM_METRICS_INTERVAL_S = 5.0  # a one-minute run gets a dozen points (MLflow's default: 10)
 
 
 def run_name_for(cfg: RunConfig, stage: str) -> str:
@@ -46,6 +46,25 @@ def run_name_for(cfg: RunConfig, stage: str) -> str:
         data += f"-fold{cfg.data.fold}" if cfg.data.fold is not None else f"-kfold{cfg.data.kfold}"
     name = f"{cfg.backbone.name}-{cfg.finetune.strategy}-{data}-s{cfg.seed}"
     return name if stage == "train" else f"{stage}/{name}"
+
+
+def sweep_id(sweep_dir: str | Path) -> str:
+    """What the `sweep` tag of every job of one multirun holds: the last two parts of Hydra's
+    sweep folder, `<date>/<time>` under the default `outputs/multirun/<date>/<time>`."""
+    return "/".join(Path(sweep_dir).parts[-2:])
+
+
+def grouping_tags(
+    stage: str, seed: int, overrides: Sequence[str] = (), sweep_dir: str | Path | None = None
+) -> dict[str, str]:
+    """The tags the runs table groups and filters by: `stage`, `seed`, the command line's
+    overrides as one line (credentials redacted) and, for a multirun's job, `sweep`."""
+    tags = {"stage": stage, "seed": str(seed)}
+    if overrides:
+        tags["overrides"] = param_text(redact(" ".join(overrides)))
+    if sweep_dir is not None:
+        tags["sweep"] = sweep_id(sweep_dir)
+    return tags
 
 
 class Run:
@@ -65,7 +84,8 @@ class Run:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
+        # One line each: a multi-line value makes a tall, unreadable runs-table cell.
+        items = [Param(k, param_text(str(v))[:MAX_PARAM_LENGTH]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=items[i : i + 100])
 
@@ -93,17 +113,74 @@ class Run:
         if self.active:
             self.client.log_artifact(self.run_id, str(path), subdir)
 
+    def log_inputs(self, datasets: Mapping[str, Any]) -> None:
+        """`{context: mlflow.data Dataset}`: the runs table's Dataset column, e.g.
+        {'train': ..., 'val': ..., 'test': ...}."""
+        if not self.active:
+            return
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = [
+            DatasetInput(dataset_entity(dataset), [InputTag("mlflow.data.context", context)])
+            for context, dataset in datasets.items()
+        ]
+        self.client.log_inputs(self.run_id, datasets=inputs)
+
+
+@contextmanager
+def quiet_logger(name: str, level: int) -> Iterator[None]:
+    """Raise logger `name` to `level` for the block: MLflow's INFO chatter is not a training
+    run's news. Put back as it was afterwards."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextmanager
+def system_metrics_logged(run: Run, cfg: TrackingConfig) -> Iterator[None]:
+    """MLflow's system metrics (`system/cpu_utilization_percentage`, memory, disk, network;
+    GPU through nvml where present) on `run` while the block runs, when
+    tracking.system_metrics is on. Stopped however the block ends (error, Ctrl-C)."""
+    if not (run.active and cfg.system_metrics):
+        yield
+        return
+    # Its start, stop and "no GPU" INFO lines stay out of the console.
+    with (
+        quiet_logger("mlflow.system_metrics", logging.WARNING),
+        system_metrics_monitor(str(run.run_id), cfg.uri, SYSTEM_METRICS_INTERVAL_S),
+    ):
+        yield
+
 
 def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # one made before, or by others
+            _tag_experiment_kind(client, experiment.experiment_id)
         return experiment.experiment_id
     location = None
     if "://" not in cfg.uri or cfg.uri.startswith(("sqlite:", "file:")):
         # A local store keeps artifacts under an absolute file URI beside it, so
         # `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` finds them.
         location = _local_artifact_root(cfg).expanduser().resolve().as_uri()
-    return client.create_experiment(cfg.experiment, artifact_location=location)
+    return client.create_experiment(
+        cfg.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
+
+
+def _tag_experiment_kind(client: Any, experiment_id: str) -> None:
+    """Best effort: parallel jobs may tag it at once, and a SQLite store then refuses the
+    second insert (UNIQUE constraint); the tag is there either way."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except MlflowException as exc:
+        log.debug("experiment %s not tagged %s: %s", experiment_id, EXPERIMENT_KIND_TAG, exc)
 
 
 def _local_artifact_root(cfg: TrackingConfig) -> Path:
