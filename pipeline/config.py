@@ -42,6 +42,7 @@ STAGES = (
     "lr_find",
     "ablate",
     "search",
+    "compare",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 
@@ -139,6 +140,15 @@ class SearchConfig:
         return value > best if self.direction == "maximize" else value < best
 
 
+@dataclass
+class CompareConfig:
+    """stage=compare, and what a sweep's parent compares when the sweep ends."""
+
+    parent: str = ""  # stage=compare: the parent run's id or name (an ablation, a sweep)
+    metric: str = ""  # what is compared; "" = an ablation's ablation.metric, else test/acc
+    baseline: str = ""  # the variant the others pair with by seed; an ablation's: baseline
+
+
 # --- the whole run -------------------------------------------------------------------
 
 
@@ -165,6 +175,7 @@ class RunConfig:
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
+    compare: CompareConfig = field(default_factory=CompareConfig)  # stage=compare, sweeps
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

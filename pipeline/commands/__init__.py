@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.commands.ablate import run_ablate
+from pipeline.commands.compare import run_compare
 from pipeline.commands.download import run_download
 from pipeline.commands.evaluate import run_evaluate
 from pipeline.commands.export import run_export
@@ -19,6 +20,7 @@ from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.predict import run_predict
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
+from pipeline.commands.sweep import run_sweep_job
 from pipeline.commands.train import run_train
 from pipeline.commands.visualize import run_visualize
 from pipeline.config import STAGES, RunConfig
@@ -27,6 +29,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
     command.__name__: command
     for command in (
         run_ablate,
+        run_compare,
         run_download,
         run_evaluate,
         run_export,
@@ -44,6 +47,8 @@ RUNTIME_STAGES = {"ablate", "search"}  # the others take (cfg, out_dir) alone
 def run_stage(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime) -> Any:
     """Run `cfg.stage`, handing `runtime` to the stages that use it."""
     command = STAGE_FUNCTIONS[cfg.stage]
+    if cfg.stage == "train" and runtime.multirun:  # a -m sweep: one parent, jobs its children
+        return run_sweep_job(cfg, out_dir, runtime)
     if cfg.stage in RUNTIME_STAGES:
         return command(cfg, out_dir, runtime)
     return command(cfg, out_dir)

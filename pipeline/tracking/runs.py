@@ -48,6 +48,12 @@ def run_name_for(cfg: RunConfig, stage: str) -> str:
     return name if stage == "train" else f"{stage}/{name}"
 
 
+def sweep_id(sweep_dir: Path) -> str:
+    """A multirun's id, the same in every job and in the launching process: its folder's
+    last two parts, `<date>/<time>` for Hydra's default outputs/multirun/<date>/<time>."""
+    return "/".join(Path(sweep_dir).parts[-2:])
+
+
 class Run:
     """A live MLflow run (or a no-op one when tracking is disabled)."""
 
