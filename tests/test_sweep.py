@@ -185,7 +185,7 @@ def test_stage_compare_names_a_parent_it_cannot_find(tiny_cfg, tmp_path):
         run_compare(cfg, tmp_path)
 
 
-@pytest.mark.slow  # two jobs in two processes and the launching one: ~40 s on the shared box
+@pytest.mark.slow  # three processes, two of them training: minutes on the loaded box
 def test_a_joblib_multirun_from_the_command_line_gets_one_compared_parent(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -205,6 +205,7 @@ def test_a_joblib_multirun_from_the_command_line_gets_one_compared_parent(tmp_pa
             f"hydra.sweep.dir={tmp_path / 'multirun' / 'day' / 'time'}",
             *overrides,
             f"tracking.uri={uri}",
+            "tracking.experiment=tests-cli-sweep",
             "data=folder",
             f"data.root={write_image_folder(tmp_path / 'images')}",
             "data.batch_size=8",
@@ -218,7 +219,7 @@ def test_a_joblib_multirun_from_the_command_line_gets_one_compared_parent(tmp_pa
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "sweep day/time: parent run " in proc.stdout
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("default").experiment_id
+    experiment = client.get_experiment_by_name("tests-cli-sweep").experiment_id
     [parent] = client.search_runs([experiment], filter_string="tags.stage = 'sweep'")
     assert parent.info.status == "FINISHED"
     assert parent.info.run_name == "sweep/optim.lr time"
