@@ -7,17 +7,19 @@ function; every error the user can fix ends as one `error: ...` line and a non-z
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.compose import compose, register_configs, run_config_from_hydra
-from pipeline.config import CONF_DIR
+from pipeline.config import CONF_DIR, RunConfig
 from pipeline.errors import (
     ConfigError,
     PipelineError,
@@ -34,14 +36,88 @@ def _hydra_runtime(hydra_cfg: DictConfig) -> HydraRuntime:
     """Hydra's runtime config (`HydraConfig.get()`), read once, as the value stages take."""
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     num = hydra_cfg.job.get("num")
+    swept = frozenset(hydra_cfg.sweeper.get("params") or {})
+    if multirun:  # a job sees its own values only; the sweep's command line is in multirun.yaml
+        swept |= _swept_keys(_sweep_command_line(Path(hydra_cfg.sweep.dir)))
     return HydraRuntime(
         overrides=tuple(hydra_cfg.overrides.task),
         job_num=int(num) if num is not None else None,
-        swept=frozenset(hydra_cfg.sweeper.get("params") or {}),
+        swept=swept,
         output_dir=Path(hydra_cfg.runtime.output_dir),
         multirun=multirun,
         sweep_dir=Path(hydra_cfg.sweep.dir) if multirun else None,
     )
+
+
+def _swept_keys(overrides: list[str]) -> frozenset[str]:
+    """The keys a multirun's command line sweeps (`optim.lr=1e-3,1e-2`, `seed=range(3)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:
+        return frozenset()
+    return frozenset(o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override())
+
+
+def _sweep_command_line(sweep_dir: Path) -> list[str]:
+    """The overrides the multirun was launched with, as its multirun.yaml records them; none
+    if it cannot be read (another job rewriting it: the job then names its run without them)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return list(OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task)
+    except Exception:
+        return []
+
+
+class SweepCallback(Callback):
+    """Registered in conf/config.yaml (hydra.callbacks); Hydra calls it in the launching
+    process for every launcher. A sweep of stage=train gets its parent run before the jobs
+    start (they find it by tag) and its comparison after they end (commands/sweep.py)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = self._train_sweep(config)
+        if sweep is not None:
+            from pipeline.commands.sweep import sweep_parent
+
+            run_cfg, sweep_dir, swept = sweep
+            self._quietly(lambda: sweep_parent(run_cfg.tracking, sweep_dir, swept))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep = self._train_sweep(config)
+        if sweep is not None:
+            from pipeline.commands.sweep import summarize_sweep
+
+            run_cfg, sweep_dir, _ = sweep
+            self._quietly(lambda: summarize_sweep(run_cfg, sweep_dir))
+
+    @staticmethod
+    def _train_sweep(config: DictConfig) -> tuple[RunConfig, Path, frozenset[str]] | None:
+        if config.get("stage") != "train":  # ablate/search sweeps have parents of their own
+            return None
+        hydra_cfg = config.hydra
+        try:
+            run_cfg = run_config_from_hydra(OmegaConf.masked_copy(config, _task_keys(config)))
+        except PipelineError as exc:  # the jobs fail with the same line; say it once here
+            print(f"sweep: no parent run ({exc})", file=sys.stderr)
+            return None
+        swept = _swept_keys(list(hydra_cfg.overrides.task))
+        swept |= frozenset(hydra_cfg.sweeper.get("params") or {})
+        return run_cfg, Path(hydra_cfg.sweep.dir), swept
+
+    @staticmethod
+    def _quietly(step: Callable[[], Any]) -> None:
+        """A store that cannot be reached costs the sweep its parent, not its jobs."""
+        try:
+            step()
+        except PipelineError as exc:
+            print(f"sweep: {exc}", file=sys.stderr)
+
+
+def _task_keys(config: DictConfig) -> list[str]:
+    return [str(key) for key in config if key != "hydra"]
 
 
 def _redact_hydra_records(hydra_cfg: DictConfig) -> None:

@@ -45,6 +45,7 @@ STAGES = (
     "ablate",
     "search",
     "baseline",
+    "compare",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 # The RunConfig fields a training run uses, logged as its params (`tracking.params`); the
@@ -156,6 +157,15 @@ class SearchConfig:
         return value > best if self.direction == "maximize" else value < best
 
 
+@dataclass
+class CompareConfig:
+    """stage=compare, and what a sweep's parent compares when the sweep ends."""
+
+    parent: str = ""  # stage=compare: the parent run's id or name (an ablation, a sweep)
+    metric: str = ""  # what is compared; "" = an ablation's ablation.metric, else test/acc
+    baseline: str = ""  # the variant the others pair with by seed; an ablation's: baseline
+
+
 # --- the whole run -------------------------------------------------------------------
 
 
@@ -190,6 +200,7 @@ class RunConfig:
     ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
     baseline: BaselineConfig = field(default_factory=BaselineConfig)  # stage=baseline
+    compare: CompareConfig = field(default_factory=CompareConfig)  # stage=compare, sweeps
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

@@ -13,6 +13,7 @@ from typing import Any
 
 from pipeline.commands.ablate import run_ablate
 from pipeline.commands.baseline import run_baseline
+from pipeline.commands.compare import run_compare
 from pipeline.commands.download import run_download
 from pipeline.commands.evaluate import run_evaluate
 from pipeline.commands.export import run_export
@@ -20,6 +21,7 @@ from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.predict import run_predict
 from pipeline.commands.runtime import HydraRuntime
 from pipeline.commands.search import run_search
+from pipeline.commands.sweep import run_sweep_job
 from pipeline.commands.train import run_train
 from pipeline.commands.visualize import run_visualize
 from pipeline.config import STAGES, RunConfig
@@ -29,6 +31,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
     for command in (
         run_ablate,
         run_baseline,
+        run_compare,
         run_download,
         run_evaluate,
         run_export,
@@ -46,6 +49,8 @@ RUNTIME_STAGES = {"ablate", "search", "train"}  # the others take (cfg, out_dir)
 def run_stage(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime) -> Any:
     """Run `cfg.stage`, handing `runtime` to the stages that use it."""
     command = STAGE_FUNCTIONS[cfg.stage]
+    if cfg.stage == "train" and runtime.multirun:  # a -m sweep: one parent, jobs its children
+        return run_sweep_job(cfg, out_dir, runtime)
     if cfg.stage in RUNTIME_STAGES:
         return command(cfg, out_dir, runtime=runtime)
     return command(cfg, out_dir)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.commands import train as train_command  # run_train looked up per call
+from pipeline.commands.parent_summary import log_comparison
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.compose import compose
 from pipeline.config import RunConfig
@@ -33,10 +34,8 @@ from pipeline.experiments.compare import (
     METRICS,
     MIN_MEANINGFUL_PAIRS,
     format_table,
-    plot_summary,
     summarize_variants,
     table_legend,
-    write_csv,
 )
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.parents import ParentRun, child_tracking, find_or_create_parent
@@ -178,13 +177,9 @@ def run_ablate(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA):
         if tracking.enabled:
             rows = _finished_rows(parent, children)
         summaries, header, table = _summarize(ablation, name, variants, rows)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "ablation.md").write_text(f"{header}\n{table}\n")
-        write_csv(summaries, out_dir / "ablation.csv", ablation.metric)
-        plot_summary(summaries, out_dir / "ablation.png", ablation.metric, f"ablation {name}")
-        for artifact in ("ablation.md", "ablation.csv", "ablation.png"):
-            opened.log_artifact(out_dir / artifact)
-        opened.log_metrics(_parent_metrics(summaries, ablation.metric))
+        log_comparison(
+            opened, summaries, out_dir, "ablation", ablation.metric, f"ablation {name}", header
+        )
         opened.set_tags({"failed_children": len(failures)})
         print(f"\n{header}\n{table}\n", flush=True)
         _raise_if_failed(failures)  # inside: the parent ends FAILED, with the table logged
@@ -262,18 +257,6 @@ def _row(run: Any) -> dict:
         "run_id": run.info.run_id,
         **{k: metrics[k] for k in METRICS if k in metrics},
     }
-
-
-def _parent_metrics(summaries, metric: str) -> dict[str, float]:
-    out = {}
-    for s in summaries:
-        for key in dict.fromkeys([metric, "test/f1_macro"]):
-            out[f"{s.variant}/{key}_mean"] = s.mean[key]
-            out[f"{s.variant}/{key}_std"] = s.std[key]
-        if s.paired is not None:
-            out[f"{s.variant}/delta"] = s.delta
-            out[f"{s.variant}/p_value"] = s.paired.p_value
-    return {k: v for k, v in out.items() if v == v}  # MLflow rejects nothing, but NaN is noise
 
 
 def _raise_if_failed(failures: list[str]) -> None:

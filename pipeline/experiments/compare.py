@@ -307,3 +307,49 @@ def summary_figure(summaries: list[VariantSummary], metric: str = "test/acc", ti
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)  # off the bars
     fig.tight_layout()
     return fig
+
+
+# --- a parent run's view ----------------------------------------------------------------------
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in set(re.split(r"[/_]", metric))
+
+
+def best_variant(summaries: list[VariantSummary], metric: str) -> VariantSummary | None:
+    """The variant with the best mean `metric` (lowest for a loss), or None if none has one."""
+    scored = [s for s in summaries if not math.isnan(s.mean.get(metric, math.nan))]
+    if not scored:
+        return None
+    sign = 1 if lower_is_better(metric) else -1
+    return min(scored, key=lambda s: sign * s.mean[metric])
+
+
+def parent_metrics(summaries: list[VariantSummary], metric: str) -> dict[str, float]:
+    """The few numbers a parent run logs: the best variant's mean and std of `metric`, and the
+    number of variants. Per-variant numbers stay on the children (one chart per key compares
+    them there) and in the parent's table."""
+    best = best_variant(summaries, metric)
+    out = {"variants": float(len(summaries))}
+    if best is not None:
+        out[f"best/{metric}"] = best.mean[metric]
+        out[f"best/{metric}_std"] = best.std[metric]
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def table_columns(summaries: list[VariantSummary], metric: str = "test/acc") -> dict[str, list]:
+    """The table as columns (MLflow's `log_table`): numbers, not text, so the UI sorts them;
+    NaN (no std from one seed, no test from one pair) as None."""
+
+    def number(value: float) -> float | None:
+        return None if math.isnan(value) else round(float(value), 6)
+
+    keys = list(dict.fromkeys([metric, *METRICS]))
+    columns: dict[str, list] = {"variant": [s.variant for s in summaries]}
+    columns["n"] = [s.n for s in summaries]
+    for key in keys:
+        columns[f"{key} mean"] = [number(s.mean[key]) for s in summaries]
+        columns[f"{key} std"] = [number(s.std[key]) for s in summaries]
+    columns["delta"] = [number(s.delta) for s in summaries]
+    columns["p (paired t)"] = [number(s.paired.p_value) if s.paired else None for s in summaries]
+    return columns

@@ -83,7 +83,10 @@ def run_kfold(cfg: RunConfig, out_dir: Path, run_train: Callable):
             if parent.run_id:
                 child_tags["mlflow.parentRunId"] = parent.run_id
             run_name = f"{parent.name or 'kfold'}-fold{i}"  # the parent's, suffix and all
-            tracking = dataclasses.replace(cfg.tracking, run_name=run_name, tags=child_tags)
+            # Under this parent, also when the k-fold run is itself a child (of a -m sweep).
+            tracking = dataclasses.replace(
+                cfg.tracking, run_name=run_name, tags=child_tags, parent_run_id=parent.run_id
+            )
             # data.fold in the fold's own config: evaluate and resume rebuild this fold from it.
             fold_data = dataclasses.replace(cfg.data, fold=i)
             fold_cfg = dataclasses.replace(cfg, tracking=tracking, data=fold_data)
