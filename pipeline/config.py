@@ -19,6 +19,7 @@ from pipeline.data.augment import AugmentConfig
 from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import EvalConfig
+from pipeline.evaluation.health.config import InspectConfig
 from pipeline.evaluation.visualize import VisualizeConfig
 from pipeline.models.backbone import BackboneConfig
 from pipeline.models.head import HeadConfig
@@ -42,6 +43,7 @@ STAGES = (
     "lr_find",
     "ablate",
     "search",
+    "inspect",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 
@@ -163,6 +165,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)  # stage=inspect
     ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
 

@@ -29,6 +29,7 @@ from pipeline.commands.training_setup import (
     check_batch_norm_batches,
 )
 from pipeline.config import RunConfig
+from pipeline.data.health.leak import check_leakage
 from pipeline.data.loader import shut_down_loader_workers
 from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, StorageError, TrainingError
@@ -184,6 +185,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     # Everything that can fail on bad input happens before the MLflow run starts.
     if splits is None:
         splits = run_splits(cfg.data, cfg.seed)
+    leak = check_leakage(splits, cfg.data.on_leak)  # data.on_leak=error stops here
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
     training = build_training(cfg, splits, device, dist_info)
     check_batch_norm_batches(cfg, training)
@@ -205,6 +207,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         ) as run,
     ):
         log_run_start(run, cfg, splits, derived_params, out_dir, resume, checkpoint_dir)
+        run.log_metrics(leak.metrics())
         if main:  # said now, not only at the end: a SIGKILL leaves no last words
             print(resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
         stopped_by = None
