@@ -181,6 +181,17 @@ def test_near_duplicate_search_in_blocks_matches_the_full_matrix():
     assert closest == pytest.approx(closest_blocked) and closest == pytest.approx(1.0, abs=1e-4)
 
 
+def test_near_duplicate_pairs_are_capped_at_the_most_similar(monkeypatch, caplog):
+    import pipeline.evaluation.health.near_duplicates as near
+
+    monkeypatch.setattr(near, "MAX_PAIRS", 3)
+    features = torch.ones(6, 4) + torch.arange(6.0)[:, None] * torch.tensor([0, 0, 0, 0.01])
+    with caplog.at_level(logging.WARNING):
+        pairs, _ = near.near_duplicate_pairs(features, 0.5, block_size=2)
+    assert len(pairs) == 3 and [p[2] for p in pairs] == sorted((p[2] for p in pairs), reverse=True)
+    assert "raise inspect.near_dup_threshold" in caplog.text
+
+
 def test_image_flags_small_dark_grey_and_animated(tmp_path):
     photo = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     Image.fromarray(photo).save(tmp_path / "photo.png")

@@ -160,7 +160,7 @@ def summary_lines(f: Findings) -> list[str]:
         f"  exact duplicates: {m['inspect/exact_cross_split']} val/test image(s) duplicate "
         f"another split, {m['inspect/exact_within_split']} within a split",
         f"  near-duplicates (cosine >= {f.threshold}): {len(f.near)} pair(s), "
-        f"{m['inspect/near_cross_split_pairs']} across splits",
+        f"{m['inspect/near_cross_split_pairs']} across splits (closest pair {f.closest:.3f})",
         f"  {labels}; odd images: {flags}",
         "  " + ", ".join(f"{k} {v:.1f}s" for k, v in f.seconds.items()),
     ]

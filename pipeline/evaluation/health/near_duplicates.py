@@ -5,7 +5,15 @@ block x N, never N x N, and time is O(N^2) (benchmarks/inspect_scale.py projects
 
 from __future__ import annotations
 
+import logging
+
 import torch
+
+log = logging.getLogger(__name__)
+
+# A threshold too low for the data (digits, CIFAR: many look-alikes) would list a good part
+# of all N^2/2 pairs: keep the most similar ones only, and say so.
+MAX_PAIRS = 100_000
 
 
 def near_duplicate_pairs(
@@ -16,6 +24,7 @@ def near_duplicate_pairs(
     x = torch.nn.functional.normalize(features.float(), dim=1)
     found: list[tuple[int, int, float]] = []
     closest = -1.0
+    capped = False
     for start in range(0, len(x), block_size):
         rows = x[start : start + block_size]
         sims = rows @ x[start:].T  # this block against itself and every later row
@@ -26,4 +35,15 @@ def near_duplicate_pairs(
         i, j = torch.nonzero(sims >= threshold, as_tuple=True)
         values = sims[i, j]
         found += zip((i + start).tolist(), (j + start).tolist(), values.tolist(), strict=True)
+        if len(found) > MAX_PAIRS:
+            found = sorted(found, key=lambda p: -p[2])[:MAX_PAIRS]
+            capped = True
+    if capped:
+        log.warning(
+            "over %d near-duplicate pairs at cosine >= %s: kept the %d most similar; raise "
+            "inspect.near_dup_threshold",
+            MAX_PAIRS,
+            threshold,
+            MAX_PAIRS,
+        )
     return sorted(found, key=lambda p: -p[2]), closest
