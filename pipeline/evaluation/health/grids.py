@@ -50,7 +50,13 @@ def duplicate_grid(f: Findings, pairs: list[DuplicatePair], path: Path, title: s
     plt = _pyplot()
     rows = -(-len(pairs) // PAIRS_PER_ROW)
     cols = 2 * min(PAIRS_PER_ROW, len(pairs))
-    fig, axes = plt.subplots(rows, cols, figsize=(CELL * cols, (CELL + 0.6) * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(CELL * cols, (CELL + 0.8) * rows + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax in axes.flat:
         ax.axis("off")
     index = {ref: i for i, ref in enumerate(f.refs)}
@@ -64,7 +70,6 @@ def duplicate_grid(f: Findings, pairs: list[DuplicatePair], path: Path, title: s
             label = f"{head}\n{ref.split}: {_wrap(f.short(ref))}"
             _show(ax, _thumb(f.items[index[ref]]), label, colour)
     fig.suptitle(f"{title} (red: across splits)", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
@@ -77,7 +82,13 @@ def label_issue_grid(f: Findings, count: int, path: Path) -> Path | None:
     shown = f.labels.issues[:count]
     cols = min(ISSUES_PER_ROW, len(shown))
     rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(CELL * cols, (CELL + 0.8) * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(CELL * cols, (CELL + 0.9) * rows + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
     for ax in axes.flat:
         ax.axis("off")
     for k, i in enumerate(shown):
@@ -91,7 +102,6 @@ def label_issue_grid(f: Findings, count: int, path: Path) -> Path | None:
         )
         _show(ax, _thumb(f.items[i]), label)
     fig.suptitle("Label-issue candidates: given label -> the probe's suggestion", fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the suptitle
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
