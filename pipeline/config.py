@@ -21,6 +21,7 @@ from pipeline.data.config import DataConfig
 from pipeline.errors import ConfigError
 from pipeline.evaluation.baselines import BaselineConfig
 from pipeline.evaluation.evaluate import EvalConfig
+from pipeline.evaluation.health.config import InspectConfig
 from pipeline.evaluation.visualize import VisualizeConfig
 from pipeline.models.backbone import BackboneConfig
 from pipeline.models.head import HeadConfig
@@ -46,6 +47,7 @@ STAGES = (
     "search",
     "baseline",
     "compare",
+    "inspect",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 # The RunConfig fields a training run uses, logged as its params (`tracking.params`); the
@@ -197,6 +199,7 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     visualize: VisualizeConfig = field(default_factory=VisualizeConfig)
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)  # stage=inspect
     ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
     baseline: BaselineConfig = field(default_factory=BaselineConfig)  # stage=baseline

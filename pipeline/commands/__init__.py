@@ -17,6 +17,7 @@ from pipeline.commands.compare import run_compare
 from pipeline.commands.download import run_download
 from pipeline.commands.evaluate import run_evaluate
 from pipeline.commands.export import run_export
+from pipeline.commands.inspect import run_inspect
 from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.predict import run_predict
 from pipeline.commands.runtime import HydraRuntime
@@ -35,6 +36,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
         run_download,
         run_evaluate,
         run_export,
+        run_inspect,
         run_lr_find,
         run_predict,
         run_search,

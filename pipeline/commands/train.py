@@ -35,6 +35,7 @@ from pipeline.commands.training_setup import (
     check_batch_norm_batches,
 )
 from pipeline.config import RunConfig
+from pipeline.data.health.leak import check_leakage
 from pipeline.data.loader import shut_down_loader_workers
 from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, StorageError, TrainingError, first_line
@@ -203,6 +204,7 @@ def run_train(
     # Everything that can fail on bad input happens before the MLflow run starts.
     if splits is None:
         splits = run_splits(cfg.data, cfg.seed)
+    leak = check_leakage(splits, cfg.data.on_leak)  # data.on_leak=error stops here
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
     training = build_training(cfg, splits, device, dist_info)
     check_batch_norm_batches(cfg, training)
@@ -229,6 +231,7 @@ def run_train(
         system_metrics_logged(run, tracking),  # stopped before the run ends, however it ends
     ):
         log_run_start(run, cfg, splits, derived_params, out_dir, resume, checkpoint_dir)
+        run.log_metrics(leak.metrics())
         if main:  # said now, not only at the end: a SIGKILL leaves no last words
             print_run_start(run, cfg, out_dir, checkpoint_dir, derived_params, runtime)
         stopped_by = None

@@ -31,6 +31,9 @@ class DataConfig:
     # Decode every image file once and keep the uint8 arrays in RAM: later epochs skip JPEG
     # decoding, which is most of the loader's work. For datasets that fit in memory.
     cache_images: bool = False
+    # Val/test images that duplicate other splits' images (same file bytes): warn, or error
+    # to stop the run before it trains (every run checks; stage=inspect lists them).
+    on_leak: str = "warn"  # warn | error
 
     def __post_init__(self) -> None:
         if self.name not in SOURCES:
@@ -58,3 +61,5 @@ class DataConfig:
             raise ConfigError(f"data.num_workers must be >= 0, got {self.num_workers}")
         if self.on_bad_image not in ("skip", "error"):
             raise ConfigError("data.on_bad_image must be 'skip' or 'error'")
+        if self.on_leak not in ("warn", "error"):
+            raise ConfigError(f"data.on_leak must be 'warn' or 'error', got {self.on_leak!r}")

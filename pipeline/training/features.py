@@ -18,8 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from pipeline.data.loader import EpochSampler
+from pipeline.data.augment import build_eval_transform
+from pipeline.data.loader import DeviceNormalize, EpochSampler, ImageDataset, build_loader
+from pipeline.data.sources import ImageSet
 from pipeline.errors import ConfigError
+from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier
 from pipeline.training.batches import Batches
 from pipeline.training.precision import autocast
@@ -209,3 +212,24 @@ def cached_feature_loaders(
         FeatureLoader(val_x, val_y, val_loader.batch_size, train=False, seed=seed),
         FeatureBatches(batches.device),
     )
+
+
+def image_features(
+    backbone: nn.Module,
+    spec: InputSpec,
+    images: ImageSet,
+    batch_size: int,
+    num_workers: int | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Pooled features (N, D), float32 on the CPU, of every image of `images` in order, with
+    the frozen backbone and the eval transform (resize, center crop) at its input size: what
+    stage=inspect (and a baseline probe) fit on. The loader's workers decode."""
+    crop_pct = spec.crop_pct
+    transform = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
+    dataset = ImageDataset(images, transform, round(spec.img_size / crop_pct))
+    loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers, seed=0)
+    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, False)
+    features, _ = extract_features(backbone.to(device), loader, batches, amp_dtype)
+    return features.cpu()
