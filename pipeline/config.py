@@ -42,6 +42,7 @@ STAGES = (
     "lr_find",
     "ablate",
     "search",
+    "screen",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 
@@ -139,6 +140,31 @@ class SearchConfig:
         return value > best if self.direction == "maximize" else value < best
 
 
+@dataclass
+class ScreenConfig:
+    """stage=screen: rank backbones by a cross-validated linear probe on frozen features."""
+
+    # Entries: a conf/backbone option or timm name; `name@scratch` for random init (only
+    # when asked), `name@/path/weights.pth` for a local file. []: every backbone in
+    # conf/backbone/ (and backbone.name) whose weights are here, packaged or cached.
+    backbones: list[str] = field(default_factory=list)
+    folds: int = 5  # stratified folds over train+val (the test split is never read)
+    img_size: int | None = None  # None: backbone.img_size (digits: 64), else each one's own
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ConfigError(f"screen.folds must be >= 2, got {self.folds}")
+        if self.img_size is not None and self.img_size < 8:
+            raise ConfigError(f"screen.img_size must be >= 8, got {self.img_size}")
+        for entry in self.backbones:
+            if not isinstance(entry, str) or not entry.split("@", 1)[0]:
+                raise ConfigError(
+                    f"screen.backbones entries are backbone names (name, name@scratch, "
+                    f"name@/path/to/weights), got {entry!r}"
+                )
+        self.backbones = list(self.backbones)
+
+
 # --- the whole run -------------------------------------------------------------------
 
 
@@ -165,6 +191,7 @@ class RunConfig:
     lr_find: LRFindConfig = field(default_factory=LRFindConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)  # stage=ablate only
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
+    screen: ScreenConfig = field(default_factory=ScreenConfig)  # stage=screen only
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

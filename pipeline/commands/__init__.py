@@ -18,6 +18,7 @@ from pipeline.commands.export import run_export
 from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.predict import run_predict
 from pipeline.commands.runtime import HydraRuntime
+from pipeline.commands.screen import run_screen
 from pipeline.commands.search import run_search
 from pipeline.commands.train import run_train
 from pipeline.commands.visualize import run_visualize
@@ -32,6 +33,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
         run_export,
         run_lr_find,
         run_predict,
+        run_screen,
         run_search,
         run_train,
         run_visualize,

@@ -18,8 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler
 
-from pipeline.data.loader import EpochSampler
+from pipeline.data.augment import build_eval_transform
+from pipeline.data.loader import DeviceNormalize, EpochSampler, ImageDataset, build_loader
+from pipeline.data.sources import ImageSet
 from pipeline.errors import ConfigError
+from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier
 from pipeline.training.batches import Batches
 from pipeline.training.precision import autocast
@@ -74,6 +77,27 @@ def extract_features(
         labels.append(y)
     backbone.train(was_training)
     return torch.cat(features), torch.cat(labels)
+
+
+def split_features(
+    backbone: nn.Module,
+    images: ImageSet,
+    spec: InputSpec,
+    device: torch.device,
+    *,
+    crop_pct: float,
+    batch_size: int,
+    num_workers: int | None = 0,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled features (N, D) of every image of a split and its labels, in order, through
+    the eval transform (resize, centre crop, the backbone's normalisation): a whole split
+    for a probe outside `fit` (stage=screen)."""
+    transform = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
+    dataset = ImageDataset(images, transform, round(spec.img_size / crop_pct))
+    loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers, seed=0)
+    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, False)
+    return extract_features(backbone.to(device), loader, batches, amp_dtype)
 
 
 class FeatureLoader:
