@@ -88,3 +88,19 @@ def test_small_data_where_frozen_is_as_good_agrees_with_the_rule():
         "the measurements agree: the best depth (last 2) is +0.002 test/acc from frozen" in sentence
     )
     assert "within the seeds' noise" in sentence
+
+
+def test_frozen_best_names_the_runner_up_and_its_distance():
+    study = _study(
+        {
+            "baseline": [0.96, 0.97, 0.95],
+            "with_last2": [0.94, 0.95, 0.93],
+            "with_full": [0.90, 0.91, 0.92],
+        },
+        per_class=60,
+    )
+    assert study.best.label == "frozen"
+    assert rule_of_thumb(study).endswith(
+        "the measurements agree: frozen is the best depth, the next best (last 2) -0.020 "
+        "test/acc from it."
+    )

@@ -212,7 +212,8 @@ def metric_name(label: str) -> str:
 
 def _report(cfg: RunConfig, rows: list[ScreenRow], out_dir: Path, parent: Run) -> None:
     table, words = format_table(rows), recommendation(rows)
-    title = f"screen on {cfg.data.name}: {cfg.screen.folds}-fold linear probe"
+    data = Path(cfg.data.root).name if cfg.data.root else cfg.data.name
+    title = f"screen on {data}: {cfg.screen.folds}-fold linear probe"
     (out_dir / "screen.md").write_text(f"# {title}\n\n{table}\n\n{words}\n")
     write_csv(rows, out_dir / "screen.csv")
     plot_screen(rows, out_dir / "screen.png", title)

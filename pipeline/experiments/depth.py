@@ -148,9 +148,8 @@ def significant(paired: Paired | None) -> bool:
 def rule_of_thumb(study: DepthStudy) -> str:
     """One sentence: what the rule predicts for this data set's size, and whether the
     measured best depth agrees, by how much."""
-    counts = list(study.per_class.values())
-    low, high = min(counts), max(counts)
-    size = f"{low}" if low == high else f"{low}-{high}"
+    size = _per_class(study.per_class)
+    high = max(study.per_class.values())
     small = high < SMALL_PER_CLASS
     best, gain = study.best, study.vs_frozen
     what = (
@@ -159,7 +158,17 @@ def rule_of_thumb(study: DepthStudy) -> str:
     )
     if small:
         what += "says freeze the backbone and train the head"
-        if best.depth == 0 or not significant(gain):
+        if best.depth == 0:
+            runner = max(
+                (p for p in study.points if p is not best),
+                key=lambda p: p.summary.mean[study.metric],
+            )
+            delta = runner.summary.mean[study.metric] - best.summary.mean[study.metric]
+            return (
+                what + f"; the measurements agree: frozen is the best depth, the next best "
+                f"({runner.label}) {delta:+.3f} {study.metric} from it."
+            )
+        if not significant(gain):
             delta = 0.0 if gain is None else gain.mean_diff
             return (
                 what + f"; the measurements agree: the best depth ({best.label}) is "
@@ -188,6 +197,11 @@ def rule_of_thumb(study: DepthStudy) -> str:
     )
 
 
+def _per_class(counts: Mapping[str, int]) -> str:
+    low, high = min(counts.values()), max(counts.values())
+    return f"{low}" if low == high else f"{low}-{high}"
+
+
 def format_depth_report(study: DepthStudy, name: str) -> str:
     metric = study.metric
     counts = study.per_class
@@ -195,7 +209,7 @@ def format_depth_report(study: DepthStudy, name: str) -> str:
         f"# Depth study `{name}`",
         "",
         f"{sum(counts.values())} training images in {len(counts)} classes "
-        f"({min(counts.values())}-{max(counts.values())} per class). Δ, CI and p: paired by "
+        f"({_per_class(counts)} per class). Δ, CI and p: paired by "
         f"seed against frozen; ± is the std over seeds.",
         "",
         f"| depth | trainable params | {metric} | train s | Δ vs frozen | 95% CI of Δ | p |",
@@ -269,6 +283,7 @@ def plot_depth(study: DepthStudy, path, title: str = ""):
         if "log" in xlabel and all(v > 0 for v in x):
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)
+        ax.margins(x=0.12)  # room for the end labels
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"{metric} (mean ± std over seeds)")
     axes[0].legend(loc="lower right", frameon=False)
