@@ -251,17 +251,29 @@ def plot_screen(rows: list[ScreenRow], path: Path, title: str = "") -> Path:
 
     done = [r for r in ranked(rows) if not r.skipped]
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in done:
-        color = "tab:blue" if r.candidate.pretrained else "tab:gray"
+    for i, r in enumerate(done):
+        scratch = not r.candidate.pretrained
         std = r.acc_std if r.acc_std == r.acc_std else 0.0
-        ax.errorbar(r.img_per_s, r.acc_mean, yerr=std, fmt="o", capsize=4, color=color)
+        ax.errorbar(
+            r.img_per_s,
+            r.acc_mean,
+            yerr=std,
+            fmt="o",
+            capsize=4,
+            color="tab:gray" if scratch else "tab:blue",
+            label="random init" if scratch else "pretrained",
+        )
         ax.annotate(
             f"{r.candidate.label}\n{r.params / 1e6:.1f}M, {r.img_size}px",
             (r.img_per_s, r.acc_mean),
-            xytext=(6, 4),
+            xytext=(6, 4 if i % 2 == 0 else -26),  # alternate above/below: close points
             textcoords="offset points",
             fontsize=8,
         )
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    if len(unique) > 1:
+        ax.legend(unique.values(), unique.keys(), loc="lower right", frameon=False)
     if done:
         ax.set_xscale("log")
         speeds = [r.img_per_s for r in done]
