@@ -48,6 +48,7 @@ STAGES = (
     "baseline",
     "compare",
     "inspect",
+    "screen",
 )
 EXPORT_FORMATS = ("onnx", "torchscript")
 # The RunConfig fields a training run uses, logged as its params (`tracking.params`); the
@@ -168,6 +169,31 @@ class CompareConfig:
     baseline: str = ""  # the variant the others pair with by seed; an ablation's: baseline
 
 
+@dataclass
+class ScreenConfig:
+    """stage=screen: rank backbones by a cross-validated linear probe on frozen features."""
+
+    # Entries: a conf/backbone option or timm name; `name@scratch` for random init (only
+    # when asked), `name@/path/weights.pth` for a local file. []: every backbone in
+    # conf/backbone/ (and backbone.name) whose weights are here, packaged or cached.
+    backbones: list[str] = field(default_factory=list)
+    folds: int = 5  # stratified folds over train+val (the test split is never read)
+    img_size: int | None = None  # None: backbone.img_size (digits: 64), else each one's own
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise ConfigError(f"screen.folds must be >= 2, got {self.folds}")
+        if self.img_size is not None and self.img_size < 8:
+            raise ConfigError(f"screen.img_size must be >= 8, got {self.img_size}")
+        for entry in self.backbones:
+            if not isinstance(entry, str) or not entry.split("@", 1)[0]:
+                raise ConfigError(
+                    f"screen.backbones entries are backbone names (name, name@scratch, "
+                    f"name@/path/to/weights), got {entry!r}"
+                )
+        self.backbones = list(self.backbones)
+
+
 # --- the whole run -------------------------------------------------------------------
 
 
@@ -204,6 +230,7 @@ class RunConfig:
     search: SearchConfig = field(default_factory=SearchConfig)  # stage=search only
     baseline: BaselineConfig = field(default_factory=BaselineConfig)  # stage=baseline
     compare: CompareConfig = field(default_factory=CompareConfig)  # stage=compare, sweeps
+    screen: ScreenConfig = field(default_factory=ScreenConfig)  # stage=screen only
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:

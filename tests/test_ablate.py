@@ -220,3 +220,63 @@ def test_command_line_overrides_reach_every_child_through_the_hydra_runtime(tmp_
     would_run = [line for line in proc.stdout.splitlines() if "would run" in line]
     assert len(would_run) == 6
     assert all(" train.threads=1 " in line for line in would_run)
+
+
+def test_depth_ablation_composes_every_depth(tmp_path, capsys):
+    """ablation=depth: frozen, every partial depth of Lite0's 8 stages and full, per seed."""
+    cfg = compose(["stage=ablate", "ablation=depth", "ablation.dry_run=true", "ablation.seeds=1"])
+    cfg = dataclasses.replace(cfg, tracking=dataclasses.replace(cfg.tracking, enabled=False))
+    assert run_ablate(cfg, tmp_path) is None
+    would_run = [line for line in capsys.readouterr().out.splitlines() if "would run" in line]
+    assert [line.split()[2] for line in would_run] == [
+        "baseline",
+        *(f"with_last{k}" for k in range(1, 8)),
+        "with_full",
+    ]
+    assert would_run[3].endswith("finetune=frozen finetune=partial finetune.train_last_n=3 seed=0")
+    assert would_run[-1].endswith("finetune=frozen finetune=full seed=0")
+
+
+def test_depth_study_reports_accuracy_by_depth_on_a_tiny_run(mlflow_uri, tmp_path, capsys):
+    root = write_image_folder(tmp_path / "images")
+    overrides = [
+        *tiny_overrides(mlflow_uri, tmp_path),
+        "tracking.experiment=tests-depth",
+        "data=folder",
+        f"data.root={root}",
+        "data.batch_size=8",
+    ]
+    cfg = compose(["stage=ablate", "ablation=depth", *overrides])
+    ablation = dataclasses.replace(
+        cfg.ablation,
+        name="tiny_depth",
+        baseline=["finetune=frozen"],
+        components={
+            "last1": ["finetune=partial", "finetune.train_last_n=1"],
+            "full": ["finetune=full"],
+        },
+        seeds=2,
+        bootstrap=100,
+    )
+    cfg = dataclasses.replace(cfg, ablation=ablation)
+    run_ablate(cfg, tmp_path / "out", HydraRuntime(overrides=tuple(overrides)))
+    out = capsys.readouterr().out
+
+    report = (tmp_path / "out" / "depth.md").read_text()
+    assert report in out
+    lines = {line.split(" | ")[0]: line for line in report.splitlines() if line.startswith("| ")}
+    assert set(lines) >= {"| frozen", "| last 1", "| full"}
+    frozen, last1, full = (
+        int(lines[k].split(" | ")[1].replace(",", "")) for k in ("| frozen", "| last 1", "| full")
+    )
+    assert frozen < last1 < full  # trainable parameters, read back from the child runs
+    assert "**Best depth: " in report and "- vs frozen: " in report and "- vs full: " in report
+    assert "training images per class (small: under 1000 per class), the rule of thumb" in report
+    assert (tmp_path / "out" / "depth.png").stat().st_size > 10_000
+    client = MlflowClient(mlflow_uri)
+    experiment = client.get_experiment_by_name("tests-depth").experiment_id
+    (parent,) = client.search_runs(
+        [experiment], "tags.ablation = 'tiny_depth' and tags.stage = 'ablate'"
+    )
+    assert parent.data.tags["depth.best"] in ("frozen", "last 1", "full")
+    assert {"depth.md", "depth.png"} <= {f.path for f in client.list_artifacts(parent.info.run_id)}

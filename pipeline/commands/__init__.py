@@ -21,6 +21,7 @@ from pipeline.commands.inspect import run_inspect
 from pipeline.commands.lr_find import run_lr_find
 from pipeline.commands.predict import run_predict
 from pipeline.commands.runtime import HydraRuntime
+from pipeline.commands.screen import run_screen
 from pipeline.commands.search import run_search
 from pipeline.commands.sweep import run_sweep_job
 from pipeline.commands.train import run_train
@@ -39,6 +40,7 @@ _COMMANDS: dict[str, Callable[..., Any]] = {  # signatures differ: see RUNTIME_S
         run_inspect,
         run_lr_find,
         run_predict,
+        run_screen,
         run_search,
         run_train,
         run_visualize,

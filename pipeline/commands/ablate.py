@@ -21,7 +21,8 @@ from pipeline.commands import train as train_command  # run_train looked up per 
 from pipeline.commands.parent_summary import log_comparison
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.compose import compose
-from pipeline.config import RunConfig
+from pipeline.config import MODES, RunConfig
+from pipeline.data.splits import run_splits
 from pipeline.errors import PipelineError, TrainingError
 from pipeline.experiments.ablation import (
     BASELINE,
@@ -37,6 +38,7 @@ from pipeline.experiments.compare import (
     summarize_variants,
     table_legend,
 )
+from pipeline.experiments.depth import depth_study, format_depth_report, plot_depth, study_depths
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.parents import ParentRun, child_tracking, find_or_create_parent
 from pipeline.tracking.runs import Run, flatten, start_run
@@ -182,8 +184,30 @@ def run_ablate(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA):
         )
         opened.set_tags({"failed_children": len(failures)})
         print(f"\n{header}\n{table}\n", flush=True)
+        _depth_report(cfg, composed[children[0]], summaries, rows, out_dir, opened)
         _raise_if_failed(failures)  # inside: the parent ends FAILED, with the table logged
     return summaries
+
+
+def _depth_report(
+    cfg: RunConfig, first: RunConfig, summaries, rows: list[dict], out_dir: Path, parent: Run
+) -> None:
+    """For a depth study (ablation=depth): depth.md and depth.png beside the ablation's."""
+    ablation = cfg.ablation
+    depths = study_depths(ablation.baseline, ablation.components, MODES[ablation.mode])
+    if depths is None or not rows:
+        return
+    # The size the rule of thumb speaks of: the first child's training split, per class.
+    per_class = run_splits(first.data, first.seed).train.class_counts()
+    study = depth_study(depths, summaries, rows, per_class, ablation.metric)
+    name = ablation.name or "ablation"
+    report = format_depth_report(study, name)
+    (out_dir / "depth.md").write_text(report)
+    plot_depth(study, out_dir / "depth.png", f"depth study {name} ({first.backbone.name})")
+    for artifact in ("depth.md", "depth.png"):
+        parent.log_artifact(out_dir / artifact)
+    parent.set_tags({"depth.best": study.best.label})
+    print(report, flush=True)
 
 
 def _finished_rows(parent: ParentRun, children: list[Child]):
@@ -256,6 +280,7 @@ def _row(run: Any) -> dict:
         "sha": tags.get("overrides_sha", ""),
         "run_id": run.info.run_id,
         **{k: metrics[k] for k in METRICS if k in metrics},
+        "trainable_params": float(run.data.params.get("params.trainable", "nan")),
     }
 
 

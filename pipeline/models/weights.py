@@ -211,10 +211,33 @@ def resolve_pretrained(
         if allow_hub and hub_reachable():
             path = download_from_hub(repo_id)
             return read_state_dict(path), WeightsInfo("hub", str(path), sha256_of(path))
+    raise offline_error(model_name, repo_id)
+
+
+def offline_error(model_name: str, repo_id: str | None) -> WeightsOfflineError:
     where = f"hub repo {repo_id}" if repo_id else "no known download location"
-    raise WeightsOfflineError(
+    return WeightsOfflineError(
         f"no pretrained weights for {model_name} offline ({where}, not in the local cache): {OFFLINE_FIXES}"
     )
+
+
+def local_weights_source(model_name: str, weights_file: str | None = None) -> str:
+    """Where `resolve_pretrained` would find weights without the network (file, package,
+    hf-cache), found without building the model; else the same one-line error it raises.
+    For stage=screen's default list: the backbones that work here and now."""
+    if weights_file:
+        if not Path(weights_file).expanduser().is_file():
+            raise WeightsUnavailableError(f"weights file not found: {weights_file}")
+        return "file"
+    if model_name == PACKAGED_LITE0:
+        return "package"
+    from timm.models import get_pretrained_cfg
+
+    pretrained = get_pretrained_cfg(model_name)
+    repo_id = getattr(pretrained, "hf_hub_id", None)
+    if repo_id and find_in_hf_cache(repo_id):
+        return "hf-cache"
+    raise offline_error(model_name, repo_id)
 
 
 # --- loading ------------------------------------------------------------------------------

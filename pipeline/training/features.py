@@ -222,11 +222,13 @@ def image_features(
     num_workers: int | None,
     device: torch.device,
     amp_dtype: torch.dtype | None = None,
+    crop_pct: float | None = None,
 ) -> torch.Tensor:
     """Pooled features (N, D), float32 on the CPU, of every image of `images` in order, with
     the frozen backbone and the eval transform (resize, center crop) at its input size: what
-    stage=inspect (and a baseline probe) fit on. The loader's workers decode."""
-    crop_pct = spec.crop_pct
+    stage=inspect and stage=screen fit on (`crop_pct`: augment.crop_pct, else the backbone's).
+    The loader's workers decode."""
+    crop_pct = crop_pct or spec.crop_pct
     transform = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
     dataset = ImageDataset(images, transform, round(spec.img_size / crop_pct))
     loader = build_loader(dataset, batch_size, train=False, num_workers=num_workers, seed=0)
