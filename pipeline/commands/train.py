@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.commands.finetune_auto import resolve_auto, with_line
 from pipeline.commands.train_outputs import (
     config_changes,
     derived_params_of,
@@ -70,6 +71,11 @@ def _check_resume(cfg: RunConfig, out_dir: Path, main: bool) -> ResumePoint | No
     changed = config_changes(resume.state.get("config", {}), cfg.to_dict())
     if changed and resume.state.get("config"):
         log.warning("resuming with a changed config: %s", ", ".join(changed))
+    if cfg.train.average_last and resume.state.get("average") is None:
+        raise ConfigError(
+            "train.resume: the run was trained without train.average_last, so its checkpoint "
+            "holds no epochs to average: resume with train.average_last=0"
+        )
     stopper = EarlyStopping(cfg.train.early_stopping)
     stopper.load_state_dict(resume.state["early_stopping"])
     trained = resume.epochs_done >= cfg.train.epochs or stopper.should_stop
@@ -185,9 +191,14 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
     if splits is None:
         splits = run_splits(cfg.data, cfg.seed)
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
+    auto = None
+    if cfg.finetune.strategy == "auto":  # probe the frozen features, then pick a strategy
+        cfg, auto = resolve_auto(cfg, splits, device, dist_info)
     training = build_training(cfg, splits, device, dist_info)
     check_batch_norm_batches(cfg, training)
     derived_params = derived_params_of(cfg, splits, training, device, dist_info)
+    if auto is not None:
+        derived_params |= auto.params()
     if resume is not None and cfg.train.resume:  # (a resume point comes from train.resume)
         _check_checkpoint_fits(training.model, resume.state, cfg.train.resume)
 
@@ -253,6 +264,10 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             files = test_report_files(
                 out_dir, title, splits.class_names, targets, probs, test_metrics, result
             )
+            if auto is not None:  # report.md says what finetune=auto chose, and why
+                files[out_dir / "report.md"] = with_line(
+                    files[out_dir / "report.md"], f"finetune=auto: {auto.reason}"
+                )
             not_saved += save_outputs(run, files)
         if not_saved:  # the run still ends FINISHED: its training and test are complete
             run.set_tags({"warning": f"not saved: {'; '.join(not_saved)}"})
