@@ -46,7 +46,8 @@ def resolve_auto(
     train_x, train_y = (t.cpu().numpy() for t in features["train"])
     val_x, val_y = (t.cpu().numpy() for t in features["val"])
     acc = probe_accuracy(train_x, train_y, val_x, val_y, cfg.seed) if len(val_y) else None
-    choice = choose_finetune(len(train_y), len(splits.class_names), acc)
+    # The train loader drops a last partial batch: count the split, not what it yielded.
+    choice = choose_finetune(len(splits.train.labels), len(splits.class_names), acc)
     chosen = dataclasses.replace(
         cfg,
         finetune=dataclasses.replace(cfg.finetune, **choice.finetune),

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 # A probe this good leaves fine-tuning little to gain, and a small set much to overfit.
-PROBE_FITS = 0.9
+PROBE_FITS = 0.95
 # From this many training images per class on, fine-tuning everything is the safe default.
 MANY_PER_CLASS = 1000
 

@@ -87,9 +87,7 @@ class BestCheckpoint:
                 self._save(model, epoch, history[-1], path)
         return (path if path.exists() else None), epoch
 
-    def save_averaged(
-        self, model: nn.Module, epoch: int, metrics: dict[str, float]
-    ) -> Path | None:
+    def save_averaged(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> Path | None:
         """train.average_last: the averaged weights, under their own name (best.pt keeps
         holding the best epoch's), so later stages load what was tested."""
         if self.main:
