@@ -143,6 +143,15 @@ def test_resume_after_a_strategy_unfroze_layers_equals_an_uninterrupted_run(
     assert _losses(resumed) == _losses(full)
 
 
+@pytest.mark.slow  # three short trainings
+def test_resume_with_average_last_averages_the_same_epochs(folder_cfg, tmp_path, monkeypatch):
+    # The epochs kept for train.average_last travel in last.pt: the window survives the cut.
+    extra = ("train.epochs=3", "train.average_last=2", "tracking.enabled=false")
+    full, resumed, saved = _cut_at_epoch_then_resume(folder_cfg, tmp_path, monkeypatch, 3, extra)
+    assert saved == 1 and resumed.fit.averaged_epochs == 2
+    assert resumed.test_metrics == full.test_metrics
+
+
 @pytest.mark.parametrize(
     "extra",
     [

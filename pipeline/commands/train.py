@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pipeline.commands.console import class_report, print_run_end, print_run_start
+from pipeline.commands.finetune_auto import resolve_auto, with_line
 from pipeline.commands.logged_model import log_classifier_model
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.commands.train_outputs import (
@@ -83,6 +84,11 @@ def _check_resume(cfg: RunConfig, out_dir: Path, main: bool) -> ResumePoint | No
     changed = config_changes(resume.state.get("config", {}), cfg.to_dict())
     if changed and resume.state.get("config"):
         log.warning("resuming with a changed config: %s", ", ".join(changed))
+    if cfg.train.average_last and resume.state.get("average") is None:
+        raise ConfigError(
+            "train.resume: the run was trained without train.average_last, so its checkpoint "
+            "holds no epochs to average: resume with train.average_last=0"
+        )
     stopper = EarlyStopping(cfg.train.early_stopping)
     stopper.load_state_dict(resume.state["early_stopping"])
     trained = resume.epochs_done >= cfg.train.epochs or stopper.should_stop
@@ -206,9 +212,14 @@ def run_train(
         splits = run_splits(cfg.data, cfg.seed)
     leak = check_leakage(splits, cfg.data.on_leak)  # data.on_leak=error stops here
     log.info("data %s: %s, %d classes", cfg.data.name, splits.sizes(), len(splits.class_names))
+    auto = None
+    if cfg.finetune.strategy == "auto":  # probe the frozen features, then pick a strategy
+        cfg, auto = resolve_auto(cfg, splits, device, dist_info)
     training = build_training(cfg, splits, device, dist_info)
     check_batch_norm_batches(cfg, training)
     derived_params = derived_params_of(cfg, splits, training, device, dist_info)
+    if auto is not None:
+        derived_params |= auto.params()
     if resume is not None and cfg.train.resume:  # (a resume point comes from train.resume)
         _check_checkpoint_fits(training.model, resume.state, cfg.train.resume)
 
@@ -283,6 +294,10 @@ def run_train(
             files = test_report_files(
                 out_dir, title, splits.class_names, targets, probs, test_metrics, result, above
             )
+            if auto is not None:  # report.md says what finetune=auto chose, and why
+                files[out_dir / "report.md"] = with_line(
+                    files[out_dir / "report.md"], f"finetune=auto: {auto.reason}"
+                )
             not_saved += save_outputs(run, files)
             run.set_tags({"mlflow.note.content": run_note(run.name, result, test_metrics)})
         if main and run.active and cfg.tracking.log_model:

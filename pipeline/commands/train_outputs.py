@@ -257,6 +257,7 @@ def log_run_end(
             "tested_epoch": result.weights_epoch + 1,  # differs under restore_best=false
             "train_seconds": result.train_seconds,
             "epochs_run": len(result.history),
+            **({"averaged_epochs": result.averaged_epochs} if result.averaged_epochs else {}),
         }
     )
 
@@ -264,6 +265,12 @@ def log_run_end(
 def tested_weights(result: FitResult) -> str:
     """Which epoch's weights the test used, for the summary line."""
     best = f"best epoch {result.best_epoch + 1}"
+    if result.averaged_epochs:
+        last = result.weights_epoch + 1
+        return (
+            f"tested the average of epochs {last + 1 - result.averaged_epochs}-{last} "
+            f"(train.average_last={result.averaged_epochs}); {best}"
+        )
     if result.weights_epoch == result.best_epoch:
         return best
     return f"tested epoch {result.weights_epoch + 1}, the last (restore_best=false); {best}"

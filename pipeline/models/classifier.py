@@ -22,16 +22,20 @@ class Classifier(nn.Module):
         self.backbone = backbone
         self.head = head
         self.backbone_frozen = False
+        # finetune.bn=eval: every backbone BatchNorm normalises with its running statistics
+        # and never updates them, trainable or not (its scale and shift still train).
+        self.norms_eval = False
         self._frozen_norms: list[nn.Module] = []
 
     def refresh_frozen(self) -> None:
-        """Call after changing `requires_grad` on backbone parameters."""
+        """Call after changing `requires_grad` on backbone parameters (or `norms_eval`)."""
         params = list(self.backbone.parameters())
         self.backbone_frozen = bool(params) and not any(p.requires_grad for p in params)
         self._frozen_norms = [
             m
             for m in self.backbone.modules()
-            if isinstance(m, _NORM_TYPES) and not any(p.requires_grad for p in m.parameters())
+            if isinstance(m, _NORM_TYPES)
+            and (self.norms_eval or not any(p.requires_grad for p in m.parameters()))
         ]
         self.train(self.training)
 

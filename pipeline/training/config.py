@@ -49,6 +49,9 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model (slow first epoch, faster after on GPU)
     accumulate_steps: int = 1  # micro-batches summed into one optimizer step
     ema_decay: float | None = None  # e.g. 0.999: validate/test/keep an EMA of the weights
+    # k > 0: test/keep the uniform average of the last k epochs' weights (SWA-style, BatchNorm
+    # statistics recomputed on train), instead of the best epoch's (restore_best)
+    average_last: int = 0
     cache_features: bool = False  # finetune=frozen + augment=none: run the backbone once
     early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
     # Reliability and scale-out (README "Reliability", "Scaling out").
@@ -90,3 +93,9 @@ class TrainConfig:
             raise ConfigError(f"train.accumulate_steps must be >= 1, got {self.accumulate_steps}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise ConfigError(f"train.ema_decay must be in (0, 1) or null, got {self.ema_decay}")
+        if self.average_last < 0:
+            raise ConfigError(f"train.average_last must be >= 0, got {self.average_last}")
+        if self.average_last and self.ema_decay is not None:
+            raise ConfigError(
+                "train.average_last and train.ema_decay each average the weights: set one"
+            )

@@ -61,6 +61,7 @@ class BestCheckpoint:
     def __init__(self, checkpoint_dir: Path, restore_best: bool, main: bool):
         self.best_path = checkpoint_dir / "best.pt"
         self.final_path = checkpoint_dir / "final.pt"
+        self.averaged_path = checkpoint_dir / "averaged.pt"
         self.restore_best, self.main = restore_best, main
 
     def save_best(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
@@ -85,6 +86,13 @@ class BestCheckpoint:
             if self.main:  # under its own name: best.pt keeps holding the best epoch's
                 self._save(model, epoch, history[-1], path)
         return (path if path.exists() else None), epoch
+
+    def save_averaged(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> Path | None:
+        """train.average_last: the averaged weights, under their own name (best.pt keeps
+        holding the best epoch's), so later stages load what was tested."""
+        if self.main:
+            self._save(model, epoch, metrics, self.averaged_path)
+        return self.averaged_path if self.averaged_path.exists() else None
 
     def _restore(self, model: nn.Module, best_epoch: int) -> None:
         if self.main and best_epoch >= 0 and not self.best_path.exists():

@@ -31,16 +31,22 @@ from pipeline.training.sched import Schedule
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("frozen", "full", "partial", "gradual", "linear_then_full")
+# auto: stage=train picks one of the others from the data (pipeline/training/auto.py)
+STRATEGIES = ("frozen", "full", "partial", "gradual", "linear_then_full", "auto")
+BN_POLICIES = ("train", "eval")
 
 
 @dataclass
 class FinetuneConfig:
-    strategy: str = "full"  # frozen | full | partial | gradual | linear_then_full
+    strategy: str = "full"  # frozen | full | partial | gradual | linear_then_full | auto
     train_last_n: int = 1  # partial: how many backbone stages (from the top) train
     unfreeze_every: int = 1  # gradual: epochs between unfreezing one more stage
     head_epochs: int = 1  # linear_then_full: epochs that train the head only
     full_lr_mult: float = 0.1  # linear_then_full: LR multiplier once everything trains
+    # BatchNorm of unfrozen backbone layers: train (batch statistics, running stats move) or
+    # eval (ImageNet's running stats kept, as Keras does after unfreezing: a batch of a few
+    # dozen images is a noisy stand-in for them). Frozen layers' BN is always eval.
+    bn: str = "train"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -50,6 +56,8 @@ class FinetuneConfig:
         for key in ("train_last_n", "unfreeze_every", "head_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
+        if self.bn not in BN_POLICIES:
+            raise ConfigError(f"finetune.bn={self.bn!r} is not one of: {', '.join(BN_POLICIES)}")
         if not 0 < self.full_lr_mult <= 1:
             raise ConfigError(f"finetune.full_lr_mult must be in (0, 1], got {self.full_lr_mult}")
 
@@ -100,6 +108,7 @@ def apply_finetune(model: Classifier, cfg: FinetuneConfig, epoch: int = 0) -> bo
         p.requires_grad_(name in trainable)
     for p in model.head.parameters():
         p.requires_grad_(True)
+    model.norms_eval = cfg.bn == "eval"
     model.refresh_frozen()
     return before != [p.requires_grad for p in model.backbone.parameters()]
 
@@ -110,6 +119,8 @@ def batch_norm_trains(model: Classifier, cfg: FinetuneConfig, epochs: int) -> bo
     last epoch trains the most). Frozen ones stay in eval mode (Classifier.train)."""
     if any(isinstance(m, _BatchNorm) for m in model.head.modules()):
         return True
+    if cfg.bn == "eval":
+        return False
     stages = backbone_stages(model.backbone)
     n = trainable_stages(cfg, epochs - 1, len(stages))
     trainable = {name for stage in stages[len(stages) - n :] for name in stage}

@@ -21,6 +21,7 @@ from torch import nn
 
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.training import distributed
+from pipeline.training.averaging import LastEpochsAverage, update_batch_norm
 from pipeline.training.batches import BatchSource, ToDevice
 from pipeline.training.checkpoint import remove_torn_writes, save_atomic
 from pipeline.training.config import TrainConfig
@@ -205,8 +206,9 @@ class FitResult:
     # The weights fit ended with: the ones the test uses and every later stage loads.
     # best.pt (the best epoch's), or final.pt (the last epoch's) under restore_best=false.
     checkpoint: Path | None
-    weights_epoch: int  # whose weights those are (0-based)
+    weights_epoch: int  # whose weights those are (0-based); the last averaged one
     train_seconds: float
+    averaged_epochs: int = 0  # train.average_last: how many epochs' weights were averaged
 
 
 def fit(
@@ -239,6 +241,7 @@ def fit(
     # what validation and checkpoints see.
     use_fast_cuda_kernels(batches.device)
     ema = ModelEma(distributed.unwrap(model), cfg.ema_decay) if cfg.ema_decay else None
+    average = LastEpochsAverage(cfg.average_last) if cfg.average_last else None
     if cfg.compile:
         model.compile()
     stopper = EarlyStopping(cfg.early_stopping)
@@ -249,7 +252,7 @@ def fit(
         remove_torn_writes(checkpoint_dir)
     history: list[dict[str, float]] = []
     start_epoch = 0
-    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, ema)
+    parts = TrainingParts(model, optimizer, schedule, scaler, stopper, ema, average)
     if resume is not None:
         # A strategy that unfreezes as it goes (gradual, linear_then_full) saved an optimizer
         # over the parameters trainable at the saved epoch: rebuild that one before loading.
@@ -322,6 +325,8 @@ def fit(
         if stopper.step(metrics[cfg.early_stopping.monitor], epoch):
             saver.save_best(eval_model, epoch, metrics)
         history.append(metrics)
+        if average is not None:
+            average.add(distributed.unwrap(model))
         log.info(epoch_line(epoch, cfg.epochs, metrics, best=stopper.best_epoch == epoch))
         if on_epoch:
             on_epoch(epoch, metrics)
@@ -340,7 +345,21 @@ def fit(
                 stopper.best_epoch + 1,
             )
             break
-    checkpoint, weights_epoch = saver.finish(model, ema, stopper.best_epoch, history)
+    if average is not None and len(average):
+        # The averaged weights replace model selection (restore_best): SWA's premise is that
+        # the mean of the last epochs generalises better than any one of them.
+        distributed.unwrap(model).load_state_dict(average.average())
+        update_batch_norm(model, train_loader, batches, amp_dtype)
+        distributed.broadcast_model(model)  # each rank saw its shard: rank 0's statistics
+        weights_epoch = len(history) - 1
+        log.info(
+            "testing the average of epochs %d-%d (BatchNorm statistics recomputed on train)",
+            weights_epoch + 2 - len(average),
+            weights_epoch + 1,
+        )
+        checkpoint = saver.save_averaged(model, weights_epoch, history[-1])
+    else:
+        checkpoint, weights_epoch = saver.finish(model, ema, stopper.best_epoch, history)
     return FitResult(
         history=history,
         best_epoch=stopper.best_epoch,
@@ -349,4 +368,5 @@ def fit(
         checkpoint=checkpoint,
         weights_epoch=weights_epoch,
         train_seconds=time.perf_counter() - start,
+        averaged_epochs=len(average) if average is not None else 0,
     )

@@ -10,6 +10,7 @@ from torch import nn
 
 from pipeline.repro import load_rng_state, rng_state
 from pipeline.training import distributed
+from pipeline.training.averaging import LastEpochsAverage
 from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.ema import ModelEma
 from pipeline.training.sched import Schedule
@@ -26,6 +27,7 @@ class TrainingParts:
     scaler: torch.amp.GradScaler | None
     stopper: EarlyStopping
     ema: ModelEma | None = None
+    average: LastEpochsAverage | None = None  # train.average_last: the epochs kept so far
 
     def state_dict(self, epoch: int, history: list[dict[str, float]]) -> dict:
         return {
@@ -34,6 +36,7 @@ class TrainingParts:
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "average": self.average.state_dict() if self.average is not None else None,
             "early_stopping": self.stopper.state_dict(),
             "rng": rng_state(),
             "epoch": epoch,
@@ -50,6 +53,8 @@ class TrainingParts:
         self.stopper.load_state_dict(state["early_stopping"])
         if self.ema is not None and state.get("ema") is not None:
             self.ema.module.load_state_dict(state["ema"])
+        if self.average is not None and state.get("average") is not None:
+            self.average.load_state_dict(state["average"])
         load_rng_state(state["rng"])
         return state["epoch"] + 1
 
