@@ -52,7 +52,9 @@ def test_report_files(
     report = classification_report(cm, class_names)
     history, best_epoch = result.history, result.best_epoch
     files = report_files(out_dir, class_names, cm, report, title, history, test_metrics, best_epoch)
-    files[out_dir / "learning_curves.png"] = lambda p: plot_learning_curves(history, p, best_epoch)
+    files[out_dir / "learning_curves.png"] = lambda p: plot_learning_curves(
+        history, p, best_epoch, title
+    )
     return files
 
 
