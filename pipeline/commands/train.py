@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pipeline.commands.posthoc import PostHocTest, check_post_hoc, post_hoc_test, wanted
 from pipeline.commands.train_outputs import (
     config_changes,
     derived_params_of,
@@ -32,6 +33,7 @@ from pipeline.config import RunConfig
 from pipeline.data.loader import shut_down_loader_workers
 from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, StorageError, TrainingError
+from pipeline.evaluation.evaluate import check_tta
 from pipeline.experiments.kfold import run_kfold
 from pipeline.models.backbone import check_model_name
 from pipeline.repro import seed_everything, set_deterministic
@@ -148,10 +150,14 @@ def _fit_and_test(
         batch_transform=training.batch_transform,
         class_weights=training.class_weights,
     )
+    if wanted(cfg.eval):  # TTA and/or temperature scaling (one process: check_post_hoc)
+        return result, post_hoc_test(
+            cfg.eval, training.model, training.loaders, training.batches, amp
+        )
     test_loss, probs, targets = distributed.gather_predictions(
         *predict(training.model, training.loaders["test"], training.batches, amp)
     )
-    return result, test_loss, probs, targets
+    return result, PostHocTest(test_loss, probs, targets, {})
 
 
 def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> TrainResult:
@@ -169,6 +175,8 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
         cfg.augment.preset,
         dist_info.world_size,
     )
+    check_tta(cfg.eval.tta, cfg.augment.hflip)
+    check_post_hoc(cfg.eval, dist_info.world_size)
     main = dist_info.is_main
     if not main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
@@ -209,9 +217,7 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             print(resume_command(run, checkpoint_dir, cfg.data.fold), flush=True)
         stopped_by = None
         try:
-            result, test_loss, probs, targets = _fit_and_test(
-                cfg, training, run, device, checkpoint_dir, resume
-            )
+            result, tested = _fit_and_test(cfg, training, run, device, checkpoint_dir, resume)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
             stopped_by = str(exc) or "Ctrl-C"
         except Exception as exc:
@@ -241,19 +247,21 @@ def run_train(cfg: RunConfig, out_dir: Path, splits: Splits | None = None) -> Tr
             shut_down_loader_workers(training.loaders)
             keep_checkpoints(run, checkpoint_dir)
             raise Interrupted(interrupted_message(stopped_by, run, checkpoint_dir))
-        test_metrics = {"test/loss": test_loss}
+        probs, targets = tested.probs, tested.targets
+        test_metrics = {"test/loss": tested.loss}
         if main:  # per-class report, plots and report.md: rank 0 holds the gathered predictions
-            test_metrics |= test_metrics_of(splits.class_names, targets, probs)
+            test_metrics |= test_metrics_of(splits.class_names, targets, probs) | tested.metrics
         log_run_end(run, result, test_metrics)  # the numbers first, then the files
         not_saved = []
         if result.checkpoint:  # best.pt, or final.pt: the weights the test used
             not_saved += save_outputs(run, {result.checkpoint: None}, "checkpoints")
         if main:
-            title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
+            name = run.name or run_name_for(cfg, "train")
+            title = f"Run {name} ({run.run_id or 'tracking off'}): {cfg.backbone.name} on {cfg.data.name}"
             files = test_report_files(
                 out_dir, title, splits.class_names, targets, probs, test_metrics, result
             )
-            not_saved += save_outputs(run, files)
+            not_saved += save_outputs(run, {**files, **tested.save(out_dir)})
         if not_saved:  # the run still ends FINISHED: its training and test are complete
             run.set_tags({"warning": f"not saved: {'; '.join(not_saved)}"})
             log.warning("run finished, but not all its files were saved: %s", "; ".join(not_saved))
