@@ -83,7 +83,7 @@ def test_learning_curves_have_an_lr_panel_and_the_run_name_in_the_title(figures,
     assert lr_axis.get_ylabel() == "learning rate" and lr_axis.get_yscale() == "log"
     np.testing.assert_allclose(lr_axis.lines[0].get_ydata(), [1e-3, 8e-4, 3e-4, 1e-5])
     legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert "best epoch (3): its weights were tested" in legend
+    assert "best epoch (3), chosen on val" in legend
     assert list(fig.axes[0].get_xticks()) == [1, 2, 3, 4]  # whole epochs, not 1.5
 
 

@@ -109,7 +109,7 @@ def plot_learning_curves(
                 color="grey",
                 linestyle="--",
                 linewidth=1,
-                label=f"best epoch ({best_epoch + 1}): its weights were tested",
+                label=f"best epoch ({best_epoch + 1}), chosen on val",
             )
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
