@@ -55,7 +55,7 @@ def draw_matrix(ax, cm: np.ndarray, class_names: list[str], counts: bool) -> lis
                 texts.append(text)
                 color = "white" if norm[i, j] > 0.5 else "black"
                 ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
-        tilted = n > 4 or max(len(name) for name in class_names) > 8
+        tilted = n * max(len(name) for name in class_names) > 40  # would the names collide?
         ax.set_xticks(
             range(n), class_names, rotation=45 if tilted else 0, ha="right" if tilted else "center"
         )
