@@ -315,8 +315,9 @@ def test_visualize_writes_kernels_feature_maps_and_gradcam(run, tmp_path):
     )
     # test_efficientnet: 24 3x3 stem kernels (3 rows of 8), 5 stages of >= 16 channels.
     assert _png_size(result.kernels) == (800, 340)
-    assert _png_size(result.feature_maps) == (1600, 660)
-    assert _png_size(result.gradcam) == (720, 400)
+    # 8 channels a row (16 shown: 2 rows a stage) and 4 Grad-CAM pairs a row: no zooming.
+    assert _png_size(result.feature_maps) == (1440, 2195)
+    assert _png_size(result.gradcam) == (1320, 700)
     assert len(result.overlays) == 4
     assert all(_png_size(p) == (IMG, IMG) for p in result.overlays)
     # At 32 px the last stage is 1x1; Grad-CAM moves up to the deepest stage with a grid.
@@ -340,7 +341,7 @@ def test_lr_find_suggests_a_finite_lr_and_logs_the_plot(run, tmp_path):
     result = run_lr_find(cfg, tmp_path)
     assert len(result.lrs) <= 20 and result.lrs[0] == pytest.approx(1e-5)
     assert math.isfinite(result.suggested_lr) and 1e-5 <= result.suggested_lr <= 1
-    assert _png_size(tmp_path / "lr_find.png") == (600, 400)
+    assert _png_size(tmp_path / "lr_find.png") == (700, 450)
     assert (tmp_path / "lr_find.csv").read_text().count("\n") == len(result.lrs) + 1
 
 

@@ -2,7 +2,8 @@
 
 Logs to a new MLflow run nested under the training run (see `inference.linked_run`): every
 metric under `<split>/`, the classification report, confusion matrices (counts and
-normalised), the most confident mistakes, a reliability diagram and `report.md`.
+normalised), the most confident mistakes, a reliability diagram and `report.md`. A run
+trained with eval.calibrate=temperature is scored at its saved temperature.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.commands.trained_run import linked_run, load_trained
+from pipeline.commands.trained_run import applied_temperature, linked_run, load_trained
 from pipeline.config import RunConfig
 from pipeline.data.loader import ImageDataset, build_loader
 from pipeline.data.sources import ImageSet
@@ -67,6 +68,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     trained = load_trained(cfg, out_dir)
     run_cfg, split = trained.cfg, cfg.eval.split
     check_tta(cfg.eval.tta, run_cfg.augment.hflip)
+    temperature = applied_temperature(cfg.eval.calibrate, trained)
     splits = trained.splits()  # seeded: the same split (or fold) as training
     if splits.class_names != trained.class_names:
         raise DataError(
@@ -82,10 +84,12 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     )
     amp_dtype = resolve_amp(run_cfg.train.amp, trained.device)
     loss, probs, targets = predict_probs(
-        trained.model, loader, trained.batches(), amp_dtype, cfg.eval.tta
+        trained.model, loader, trained.batches(), amp_dtype, cfg.eval.tta, temperature
     )
     scores, report, cm = score(targets, probs, loss, trained.class_names, cfg.eval.topk)
     metrics = {metric_name(f"{split}/{name}"): value for name, value in scores.items()}
+    if trained.temperature is not None:
+        metrics["calibration/temperature"] = temperature
 
     names = trained.class_names
     artifacts = [
@@ -109,7 +113,8 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
         )
     )
     history = fetch_history(cfg.tracking.uri, trained.run_id) if trained.run_id else []
-    title = f"Evaluation of {trained.source} on the {split} split (tta {cfg.eval.tta})"
+    how = f"tta {cfg.eval.tta}" + (f", temperature {temperature:.3f}" if temperature != 1 else "")
+    title = f"Evaluation of {trained.source} on the {split} split ({how})"
     # The same classification report, confusion matrix and report.md as stage=train writes.
     artifacts += write_all(report_files(out_dir, names, cm, report, title, history, metrics))
 
@@ -118,6 +123,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
             {
                 "eval.split": split,
                 "eval.tta": cfg.eval.tta,
+                "calibration.temperature": temperature,
                 "eval.topk": cfg.eval.topk,
                 "source": trained.source,
                 "backbone.name": run_cfg.backbone.name,
@@ -131,7 +137,7 @@ def run_evaluate(cfg: RunConfig, out_dir: Path) -> EvalResult:
     k = min(cfg.eval.topk, len(names))
     headline = ("loss", "acc", f"top{k}_acc", "f1_macro", "ece")
     summary = "  ".join(f"{split}/{name} {scores[name]:.4f}" for name in headline)
-    print(f"evaluated {trained.source} on {split} (tta {cfg.eval.tta}): {summary}")
+    print(f"evaluated {trained.source} on {split} ({how}): {summary}")
     print(format_report(report), end="")
     if run.run_id:
         print(f"logged to run {run.run_id}")

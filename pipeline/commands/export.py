@@ -92,7 +92,8 @@ def run_export(cfg: RunConfig, out_dir: Path) -> ExportResult:
     check_store(cfg.tracking)  # a bad tracking.uri fails before the model loads
     trained = load_trained(cpu, out_dir)
     spec = trained.spec
-    model = ExportModel(trained.model, spec.mean, spec.std).eval()
+    # A calibrated run's temperature goes into the graph: served probabilities are calibrated.
+    model = ExportModel(trained.model, spec.mean, spec.std, trained.temperature or 1.0).eval()
     size = spec.img_size
     rng = np.random.default_rng(cfg.seed)
     example = torch.from_numpy(rng.integers(0, 256, (2, size, size, 3), dtype=np.uint8))
@@ -118,13 +119,21 @@ def run_export(cfg: RunConfig, out_dir: Path) -> ExportResult:
                 "class_names": trained.class_names,
                 "input": f"uint8 (N, {size}, {size}, 3) RGB, resized and centre-cropped",
                 "output": "softmax probabilities (N, num_classes)",
+                "temperature": trained.temperature or 1.0,
             },
             indent=2,
         )
     )
     model_uri = None
     with linked_run(cfg, trained, "export") as run:
-        run.log_params({"format": cfg.format, "source": trained.source, "input.img_size": size})
+        run.log_params(
+            {
+                "format": cfg.format,
+                "source": trained.source,
+                "input.img_size": size,
+                "calibration.temperature": trained.temperature or 1.0,
+            }
+        )
         run.log_metrics({"export/max_abs_diff": diff})
         run.log_artifact(path)
         run.log_artifact(labels_path)

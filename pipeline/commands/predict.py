@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.commands.trained_run import load_trained
+from pipeline.commands.trained_run import applied_temperature, load_trained
 from pipeline.config import RunConfig
 from pipeline.data.decode import read_images
 from pipeline.data.sources import list_images
@@ -36,6 +36,7 @@ def run_predict(cfg: RunConfig, out_dir: Path) -> Path:
     paths, skipped = list_images(cfg.input)
     trained = load_trained(cfg, out_dir)
     check_tta(cfg.eval.tta, trained.cfg.augment.hflip)
+    temperature = applied_temperature(cfg.eval.calibrate, trained)
     loaded, unreadable = read_images(paths, trained.decode_size)
     for path, reason in skipped + unreadable:
         print(f"skipped {path}: {reason}")
@@ -50,7 +51,9 @@ def run_predict(cfg: RunConfig, out_dir: Path) -> Path:
     for start in range(0, len(loaded), batch_size):
         chunk = [trained.preprocess(image) for _, image in loaded[start : start + batch_size]]
         x = trained.to_input(torch.stack(chunk))
-        chunk_probs.append(tta_probs(trained.model, x, cfg.eval.tta, amp_dtype).cpu().numpy())
+        chunk_probs.append(
+            tta_probs(trained.model, x, cfg.eval.tta, amp_dtype, temperature).cpu().numpy()
+        )
     probs = np.concatenate(chunk_probs)
     top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
 
@@ -71,6 +74,8 @@ def run_predict(cfg: RunConfig, out_dir: Path) -> Path:
         print(f"{_short(path):<40}  {cells}")
     if len(loaded) > SHOWN_ROWS:
         print(f"... {len(loaded) - SHOWN_ROWS} more")
+    if temperature != 1:
+        print(f"probabilities calibrated at the run's temperature {temperature:.3f}")
     print(
         f"wrote {len(loaded)} predictions to {csv_path} ({len(skipped) + len(unreadable)} skipped)"
     )

@@ -13,6 +13,7 @@ import torch
 from pipeline.commands.console import class_report, print_run_end, print_run_start
 from pipeline.commands.finetune_auto import resolve_auto, with_line
 from pipeline.commands.logged_model import log_classifier_model
+from pipeline.commands.posthoc import PostHocTest, check_post_hoc, post_hoc_test, wanted
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.commands.train_outputs import (
     best_baseline,
@@ -40,6 +41,7 @@ from pipeline.data.health.leak import check_leakage
 from pipeline.data.loader import shut_down_loader_workers
 from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, StorageError, TrainingError, first_line
+from pipeline.evaluation.evaluate import check_tta
 from pipeline.experiments.kfold import run_kfold
 from pipeline.models.backbone import check_model_name
 from pipeline.repro import seed_everything, set_deterministic
@@ -168,10 +170,14 @@ def _fit_and_test(
         class_weights=training.class_weights,
         l1=cfg.optim.l1,
     )
+    if wanted(cfg.eval):  # TTA and/or temperature scaling (one process: check_post_hoc)
+        return result, post_hoc_test(
+            cfg.eval, training.model, training.loaders, training.batches, amp
+        )
     test_loss, probs, targets = distributed.gather_predictions(
         *predict(training.model, training.loaders["test"], training.batches, amp)
     )
-    return result, test_loss, probs, targets
+    return result, PostHocTest(test_loss, probs, targets, {})
 
 
 def run_train(
@@ -195,6 +201,8 @@ def run_train(
         cfg.augment.preset,
         dist_info.world_size,
     )
+    check_tta(cfg.eval.tta, cfg.augment.hflip)
+    check_post_hoc(cfg.eval, dist_info.world_size)
     main = dist_info.is_main
     if not main:
         logging.getLogger("pipeline").setLevel(logging.WARNING)  # rank 0 reports for all
@@ -247,9 +255,7 @@ def run_train(
             print_run_start(run, cfg, out_dir, checkpoint_dir, derived_params, runtime)
         stopped_by = None
         try:
-            result, test_loss, probs, targets = _fit_and_test(
-                cfg, training, run, device, checkpoint_dir, resume
-            )
+            result, tested = _fit_and_test(cfg, training, run, device, checkpoint_dir, resume)
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
             stopped_by = str(exc) or "Ctrl-C"
         except Exception as exc:
@@ -279,9 +285,10 @@ def run_train(
             shut_down_loader_workers(training.loaders)
             keep_checkpoints(run, checkpoint_dir)
             raise Interrupted(interrupted_message(stopped_by, run, checkpoint_dir))
-        test_metrics, per_class = {"test/loss": test_loss}, {}
+        probs, targets = tested.probs, tested.targets
+        test_metrics, per_class = {"test/loss": tested.loss}, {}
         if main:  # per-class report, plots and report.md: rank 0 holds the gathered predictions
-            test_metrics |= test_metrics_of(splits.class_names, targets, probs)
+            test_metrics |= test_metrics_of(splits.class_names, targets, probs) | tested.metrics
             per_class = per_class_metrics_of(splits.class_names, targets, probs)
         log_run_end(run, result, test_metrics, per_class)  # the numbers first, then the files
         not_saved = []
@@ -290,7 +297,8 @@ def run_train(
         if main:
             baseline = best_baseline(cfg, splits)  # logged, or the majority class scored now
             above = log_baseline_comparison(run, test_metrics["test/acc"], baseline)
-            title = f"Run {run.run_id or '(tracking off)'}: {cfg.backbone.name} on {cfg.data.name}"
+            name = run.name or run_name_for(cfg, "train")
+            title = f"Run {name} ({run.run_id or 'tracking off'}): {cfg.backbone.name} on {cfg.data.name}"
             files = test_report_files(
                 out_dir, title, splits.class_names, targets, probs, test_metrics, result, above
             )
@@ -298,7 +306,7 @@ def run_train(
                 files[out_dir / "report.md"] = with_line(
                     files[out_dir / "report.md"], f"finetune=auto: {auto.reason}"
                 )
-            not_saved += save_outputs(run, files)
+            not_saved += save_outputs(run, {**files, **tested.save(out_dir)})
             run.set_tags({"mlflow.note.content": run_note(run.name, result, test_metrics)})
         if main and run.active and cfg.tracking.log_model:
             try:

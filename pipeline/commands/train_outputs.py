@@ -112,7 +112,9 @@ def test_report_files(
     files = report_files(
         out_dir, class_names, cm, report, title, history, test_metrics, best_epoch, sections
     )
-    files[out_dir / "learning_curves.png"] = lambda p: plot_learning_curves(history, p, best_epoch)
+    files[out_dir / "learning_curves.png"] = lambda p: plot_learning_curves(
+        history, p, best_epoch, title
+    )
     return files
 
 

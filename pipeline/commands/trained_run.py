@@ -25,6 +25,7 @@ from pipeline.data.decode import read_rgb
 from pipeline.data.loader import DeviceNormalize
 from pipeline.data.splits import Splits, run_splits
 from pipeline.errors import ConfigError, DataError, first_line
+from pipeline.evaluation.calibration import CALIBRATION_FILE, read_temperature
 from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier, build_model
 from pipeline.tracking.runs import grouping_tags, run_name_for, start_run
@@ -49,6 +50,7 @@ class TrainedModel:
     source: str  # "run <id>" or the checkpoint path, for messages and tags
     device: torch.device
     channels_last: bool = False
+    temperature: float | None = None  # fitted by eval.calibrate=temperature; None: uncalibrated
 
     @functools.cached_property
     def eval_transform(self):
@@ -90,6 +92,17 @@ class TrainedModel:
         return torch.from_numpy(np.ascontiguousarray(self.eval_transform(image=image)["image"]))
 
 
+def applied_temperature(calibrate: str, trained: TrainedModel) -> float:
+    """The run's saved temperature (1: none). eval.calibrate=temperature asks for one, and a
+    run trained without it has none to give."""
+    if calibrate == "temperature" and trained.temperature is None:
+        raise ConfigError(
+            f"eval.calibrate=temperature: {trained.source} has no {CALIBRATION_FILE} (it trained "
+            "with eval.calibrate=none); train with eval.calibrate=temperature to fit one on val"
+        )
+    return trained.temperature or 1.0
+
+
 def _download(client, run_id: str, path: str, dst: Path) -> Path | None:
     # A progress bar per small file is noise: switch it off for this call only.
     previous = os.environ.get(_PROGRESS_BAR)
@@ -106,7 +119,8 @@ def _download(client, run_id: str, path: str, dst: Path) -> Path | None:
 
 
 def _fetch_run_files(run_id: str, tracking_uri: str, work_dir: Path) -> dict[str, Path | None]:
-    """config.yaml, the weights it tested and confusion_matrix.json (class names) of a run."""
+    """config.yaml, the weights it tested, confusion_matrix.json (class names) and
+    calibration.json (its temperature, if calibrated) of a run."""
     from mlflow.exceptions import MlflowException
 
     not_found = ConfigError(
@@ -124,7 +138,7 @@ def _fetch_run_files(run_id: str, tracking_uri: str, work_dir: Path) -> dict[str
     dst.mkdir(parents=True, exist_ok=True)
     files = {
         name: _download(client, run_id, name, dst)
-        for name in ("config.yaml", "confusion_matrix.json")
+        for name in ("config.yaml", "confusion_matrix.json", CALIBRATION_FILE)
     }
     # The weights its test used: final.pt (the last epoch's, restore_best=false), else best.pt.
     final = _download(client, run_id, "checkpoints/final.pt", dst)
@@ -149,6 +163,7 @@ def _local_files(checkpoint: str) -> dict[str, Path | None]:
         "config.yaml": near("config.yaml"),
         "weights": ckpt,
         "confusion_matrix.json": near("confusion_matrix.json"),
+        CALIBRATION_FILE: near(CALIBRATION_FILE),
     }
 
 
@@ -242,6 +257,7 @@ def load_trained(cfg: RunConfig, work_dir: Path) -> TrainedModel:
         source=source,
         device=device,
         channels_last=channels_last,
+        temperature=read_temperature(files[CALIBRATION_FILE]),
     )
 
 

@@ -1,7 +1,8 @@
-"""Scoring a trained model on a split: optional test-time augmentation and the metric set.
+"""Scoring a trained model on a split: optional test-time augmentation, a temperature, and
+the metric set.
 
-`predict_probs` without TTA is exactly the training loop's `predict`, so evaluating a run
-again reproduces the test metrics it logged.
+`predict_probs` without TTA and temperature is exactly the training loop's `predict`, so
+evaluating a run again reproduces the test metrics it logged.
 """
 
 from __future__ import annotations
@@ -25,13 +26,20 @@ from pipeline.training.batches import Batches
 from pipeline.training.loop import predict
 from pipeline.training.precision import autocast
 
-TTA_MODES = ("none", "flip")
+TTA_MODES = ("none", "flip", "five_crop", "five_crop_flip")
+CALIBRATE_MODES = ("none", "temperature")
+FIVE_CROP_SCALE = 0.875  # each of the five crops covers this share of the image's side
 
 
 @dataclass
 class EvalConfig:
     split: str = "test"  # test | val
-    tta: str = "none"  # none | flip: average the softmax of each image and its mirror
+    # none | flip (the image and its mirror) | five_crop (centre and 4 corners, each zoomed
+    # back to input size) | five_crop_flip (those 5 and their mirrors): the softmax averaged
+    tta: str = "none"
+    # none | temperature: after training, fit one temperature on val logits (Guo et al. 2017);
+    # saved with the run (calibration.json), evaluate, predict and export apply it
+    calibrate: str = "none"
     topk: int = 5  # top-k accuracy; predict writes the k best labels
 
     def __post_init__(self) -> None:
@@ -39,6 +47,10 @@ class EvalConfig:
             raise ConfigError(f"eval.split={self.split!r} is not one of: test, val")
         if self.tta not in TTA_MODES:
             raise ConfigError(f"eval.tta={self.tta!r} is not one of: {', '.join(TTA_MODES)}")
+        if self.calibrate not in CALIBRATE_MODES:
+            raise ConfigError(
+                f"eval.calibrate={self.calibrate!r} is not one of: {', '.join(CALIBRATE_MODES)}"
+            )
         if self.topk < 1:
             raise ConfigError(f"eval.topk must be >= 1, got {self.topk}")
 
@@ -46,39 +58,90 @@ class EvalConfig:
 def check_tta(tta: str, hflip: float) -> None:
     """Flip TTA assumes a mirrored image shows the same class; a run trained with
     augment.hflip=0 was told it may not (digits: a mirrored 2 is no 2)."""
-    if tta == "flip" and hflip == 0:
+    if tta in ("flip", "five_crop_flip") and hflip == 0:
         raise ConfigError(
-            "eval.tta=flip averages each image with its mirror, but the run trained with "
-            "augment.hflip=0 (a mirrored image may be another class): use eval.tta=none"
+            f"eval.tta={tta} averages each image with its mirror, but the run trained with "
+            "augment.hflip=0 (a mirrored image may be another class): use eval.tta=none "
+            "or five_crop"
         )
 
 
+def five_crops(x: torch.Tensor, scale: float = FIVE_CROP_SCALE) -> list[torch.Tensor]:
+    """Centre and four corner crops of an NCHW batch, each `scale` of its side, resized back
+    to the batch's size (the model's input size): the crops of torchvision's FiveCrop, taken
+    from the input the model sees, so any loader or image works."""
+    h, w = x.shape[-2:]
+    ch, cw = round(h * scale), round(w * scale)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    corners = [(top, left), (0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)]
+    return [
+        F.interpolate(x[..., i : i + ch, j : j + cw], size=(h, w), mode="bilinear", antialias=False)
+        for i, j in corners
+    ]
+
+
+def tta_views(x: torch.Tensor, tta: str) -> list[torch.Tensor]:
+    """The batches each image is scored on under `eval.tta`."""
+    views = five_crops(x) if tta.startswith("five_crop") else [x]
+    if tta in ("flip", "five_crop_flip"):
+        views += [view.flip(3) for view in views]
+    return views
+
+
 @torch.no_grad()
-def tta_probs(model: nn.Module, x: torch.Tensor, tta: str, amp_dtype) -> torch.Tensor:
-    """Softmax of a normalised NCHW batch, averaged over the TTA views."""
-    views = [x, x.flip(3)] if tta == "flip" else [x]
+def view_logits(model: nn.Module, x: torch.Tensor, tta: str, amp_dtype) -> torch.Tensor:
+    """Logits (V, N, C) of a normalised NCHW batch for each of its V TTA views."""
     with autocast(x.device, amp_dtype):
-        logits = [model(view).float() for view in views]
-    return torch.stack([z.softmax(1) for z in logits]).mean(0)
+        return torch.stack([model(view).float() for view in tta_views(x, tta)])
+
+
+def probs_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """(V, N, C) view logits -> (N, C): the softmax at `temperature`, averaged over views."""
+    return (logits.float() / temperature).softmax(-1).mean(0)
+
+
+def tta_probs(
+    model: nn.Module, x: torch.Tensor, tta: str, amp_dtype, temperature: float = 1.0
+) -> torch.Tensor:
+    """Softmax of a normalised NCHW batch, averaged over the TTA views."""
+    return probs_from_logits(view_logits(model, x, tta, amp_dtype), temperature)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module, loader, batches: Batches, amp_dtype, tta: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """View logits (V, N, C) and targets (N,) over a loader, on the CPU."""
+    model.eval()
+    logits, targets = [], []
+    for images, labels in loader:
+        x, y = batches(images, labels)
+        logits.append(view_logits(model, x, tta, amp_dtype).cpu())
+        targets.append(y.cpu())
+    return torch.cat(logits, dim=1), torch.cat(targets)
+
+
+def nll(probs: torch.Tensor, targets: torch.Tensor) -> float:
+    """Mean negative log-likelihood of the true class."""
+    return F.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
 
 
 @torch.no_grad()
 def predict_probs(
-    model: nn.Module, loader: DataLoader, batches: Batches, amp_dtype, tta: str = "none"
+    model: nn.Module,
+    loader: DataLoader,
+    batches: Batches,
+    amp_dtype,
+    tta: str = "none",
+    temperature: float = 1.0,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """Mean cross-entropy, probabilities (N, C) and targets (N,), with optional TTA."""
-    if tta == "none":
+    """Mean cross-entropy, probabilities (N, C) and targets (N,), with optional TTA and
+    temperature."""
+    if tta == "none" and temperature == 1.0:
         return predict(model, loader, batches, amp_dtype)
-    model.eval()
-    loss_sum, probs, targets = 0.0, [], []
-    for images, labels in loader:
-        x, y = batches(images, labels)
-        p = tta_probs(model, x, tta, amp_dtype)
-        loss_sum += F.nll_loss(p.clamp_min(1e-12).log(), y, reduction="sum").item()
-        probs.append(p.cpu())
-        targets.append(y.cpu())
-    n = sum(len(t) for t in targets)
-    return loss_sum / max(n, 1), torch.cat(probs).numpy(), torch.cat(targets).numpy()
+    logits, targets = predict_logits(model, loader, batches, amp_dtype, tta)
+    probs = probs_from_logits(logits, temperature)
+    return nll(probs, targets), probs.numpy(), targets.numpy()
 
 
 def score(

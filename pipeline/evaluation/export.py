@@ -23,15 +23,20 @@ ATOL = 1e-4  # max |probability difference| between the export and PyTorch
 
 
 class ExportModel(nn.Module):
-    """uint8 NHWC images -> class probabilities, normalisation included."""
+    """uint8 NHWC images -> class probabilities, normalisation (and the run's calibration
+    temperature) included."""
 
-    def __init__(self, classifier: nn.Module, mean, std):
+    def __init__(self, classifier: nn.Module, mean, std, temperature: float = 1.0):
         super().__init__()
         self.normalize = DeviceNormalize(mean, std)
         self.classifier = classifier
+        self.temperature = float(temperature)  # a constant in the traced graph
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.normalize(images)).softmax(1)
+        logits = self.classifier(self.normalize(images))
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return logits.softmax(1)
 
 
 def export_torchscript(

@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import ConfigError
-from pipeline.evaluation.plots import _pyplot
-
-DPI = 100
+from pipeline.evaluation.plots import _pyplot, _save, draw_matrix
 
 
 @dataclass
@@ -35,13 +33,6 @@ def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def _save(fig, path: Path) -> Path:
-    plt = _pyplot()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
-
-
 def plot_kernels(weight: np.ndarray, path: Path) -> Path:
     """First-layer kernels (out, 3, kh, kw) as small RGB tiles, each min-max scaled."""
     plt = _pyplot()
@@ -57,22 +48,58 @@ def plot_kernels(weight: np.ndarray, path: Path) -> Path:
     return _save(fig, path)
 
 
+FEATURE_COLS = 8  # channels per row of the feature-map figure: tiles stay large
+
+
 def plot_feature_maps(
     image: np.ndarray, maps: dict[str, np.ndarray], channels: int, path: Path
 ) -> Path:
-    """The input, then one row per layer: its first `channels` activation maps."""
+    """The input, then each layer's first `channels` activation maps (8 a row), on one colour
+    scale per layer, so its channels compare, with that scale's colour bar."""
     plt = _pyplot()
-    cols = min(channels, max(m.shape[0] for m in maps.values()))
-    rows = len(maps) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.1), squeeze=False)
+    shown = {name: fmap[: min(channels, fmap.shape[0])] for name, fmap in maps.items()}
+    cols = min(FEATURE_COLS, max(len(s) for s in shown.values()))
+    layer_rows = [math.ceil(len(s) / cols) for s in shown.values()]
+    rows = 1 + sum(layer_rows)
+    fig, axes = plt.subplots(
+        rows,
+        cols + 1,
+        figsize=(cols * 1.7 + 0.8, rows * 1.95 + 0.5),
+        squeeze=False,
+        gridspec_kw={"width_ratios": [1] * cols + [0.08]},
+    )
     for ax in axes.flat:
         ax.axis("off")
     axes[0, 0].imshow(image)
-    axes[0, 0].set_title("input", fontsize=7)
-    for row, (name, fmap) in enumerate(maps.items(), start=1):
-        for c in range(min(cols, fmap.shape[0])):
-            axes[row, c].imshow(fmap[c], cmap="viridis")
-        axes[row, 0].set_title(f"{name} {tuple(fmap.shape)}", fontsize=7, loc="left")
+    axes[0, 0].set_title("input", fontsize=10)
+    row = 1
+    for (name, fmap), n_rows in zip(shown.items(), layer_rows, strict=True):
+        low, high = float(fmap.min()), float(fmap.max())
+        mapped = None
+        for c, channel in enumerate(fmap):
+            ax = axes[row + c // cols, c % cols]
+            mapped = ax.imshow(
+                channel, cmap="viridis", vmin=low, vmax=high, interpolation="nearest"
+            )
+            ax.set_title(f"ch {c}", fontsize=9)
+        full = maps[name].shape
+        axes[row, 0].text(  # above the channel titles of the layer's first row
+            0,
+            1.22,
+            f"{name}: {full[0]} channels of {full[1]}x{full[2]}",
+            transform=axes[row, 0].transAxes,
+            fontsize=10,
+            fontweight="bold",
+            va="bottom",
+        )
+        bar = axes[row, -1]
+        bar.axis("on")
+        fig.colorbar(mapped, cax=bar)
+        bar.tick_params(labelsize=8)
+        row += n_rows
+    fig.suptitle("feature maps: one colour scale per layer (bar on the right)", fontsize=12)
+    fig.subplots_adjust(left=0.02, right=0.94, top=1 - 0.5 / (rows * 1.95 + 0.5), bottom=0.01)
+    fig.subplots_adjust(hspace=0.6, wspace=0.08)
     return _save(fig, path)
 
 
@@ -86,17 +113,26 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
 def plot_gradcam(
     images: list[np.ndarray], cams: list[np.ndarray], titles: list[str], path: Path
 ) -> Path:
-    """Pairs of (image, Grad-CAM overlay), one pair per column."""
+    """Pairs of (image, Grad-CAM overlay), one pair per column, 4 columns a row, with the
+    heat map's colour bar (0: no evidence, 1: the image's strongest)."""
     plt = _pyplot()
     n = len(images)
-    fig, axes = plt.subplots(2, n, figsize=(1.8 * n, 4.0), squeeze=False)
+    cols = min(n, 4)
+    pairs = math.ceil(n / cols)
+    fig, axes = plt.subplots(
+        2 * pairs, cols, figsize=(3.0 * cols + 1.2, 6.4 * pairs + 0.6), squeeze=False
+    )
+    for ax in axes.flat:
+        ax.axis("off")
     for i, (image, cam, title) in enumerate(zip(images, cams, titles, strict=True)):
-        axes[0, i].imshow(image)
-        axes[0, i].set_title(title, fontsize=7)
-        axes[1, i].imshow(overlay(image, cam))
-        axes[0, i].axis("off")
-        axes[1, i].axis("off")
-    fig.suptitle("Grad-CAM: where the evidence for the predicted class is")
+        top, bottom = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
+        top.imshow(image)
+        top.set_title(title, fontsize=10)
+        bottom.imshow(overlay(image, cam))
+    heat = plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1))
+    bar = fig.colorbar(heat, ax=axes.ravel().tolist(), fraction=0.03, pad=0.02)
+    bar.set_label("Grad-CAM (1 = strongest evidence in the image)", fontsize=10)
+    fig.suptitle("Grad-CAM: where the evidence for the predicted class is", fontsize=13)
     return _save(fig, path)
 
 
@@ -119,43 +155,59 @@ def plot_confusion_normalized(cm: np.ndarray, class_names: list[str], path: Path
     """Row-normalised confusion matrix: each row shows where a true class's images went."""
     plt = _pyplot()
     n = len(class_names)
-    size = max(4.0, 0.5 * n + 2)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                color = "white" if norm[i, j] > 0.5 else "black"
-                ax.text(
-                    j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7, color=color
-                )
-        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-        ax.set_yticks(range(n), class_names)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix, normalised by true class (recall on the diagonal)")
+    size = max(5.0, 0.55 * n + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    draw_matrix(ax, cm, class_names, counts=False)
+    fig.colorbar(ax.images[0], ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set_title("confusion matrix, share of each true class\n(recall on the diagonal)")
     fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_reliability(bins: dict, ece: float, path: Path) -> Path:
-    """Accuracy vs confidence per bin; the diagonal is perfect calibration."""
+    """Accuracy vs confidence per bin (the diagonal is perfect calibration), each bar labelled
+    with its image count, and the counts again below: a bin of 2 images proves little."""
     plt = _pyplot()
-    edges = bins["edges"]
+    edges, count = bins["edges"], bins["count"]
     centers, width = (edges[:-1] + edges[1:]) / 2, edges[1] - edges[0]
-    filled = bins["count"] > 0
-    fig, ax = plt.subplots(figsize=(5, 5))
+    filled = count > 0
+    fig, (ax, below) = plt.subplots(
+        2, 1, figsize=(6, 7), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
     ax.bar(
         centers[filled], bins["accuracy"][filled], width=width, edgecolor="black", label="accuracy"
     )
+    ax.plot(
+        bins["confidence"][filled],
+        bins["accuracy"][filled],
+        "o",
+        color="tab:orange",
+        markersize=4,
+        label="mean confidence of the bin",
+    )
+    for x, n in zip(centers[filled], count[filled], strict=True):  # at the foot of each bar
+        ax.text(  # white boxes: readable on a bar and on an empty (0 accuracy) one
+            x,
+            0.015,
+            f"{int(n)}",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+            bbox={"facecolor": "white", "edgecolor": "none", "pad": 1, "alpha": 0.85},
+        )
     ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-1 probability)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability diagram (ECE {ece:.4f})")
-    ax.legend(loc="lower right")
+    ax.set_title(
+        f"reliability diagram: ECE {ece:.4f}, {int(count.sum())} images\n"
+        "(the number at the foot of a bar: images in that bin)"
+    )
+    ax.legend(loc="upper left", fontsize=9)
+    below.bar(centers, count, width=width, edgecolor="black", color="tab:grey")
+    below.set_ylabel("images")
+    below.set_xlabel("confidence (top-1 probability)")
+    below.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return _save(fig, path)
 
@@ -163,19 +215,40 @@ def plot_reliability(bins: dict, ece: float, path: Path) -> Path:
 def plot_lr_find(
     lrs: np.ndarray, losses: np.ndarray, smoothed: np.ndarray, suggested: float, path: Path
 ) -> Path:
+    """Loss vs LR, with the suggested LR marked on the smoothed curve and written out."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses, alpha=0.3, label="loss")
-    ax.plot(lrs, smoothed, label="smoothed")
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(lrs, losses, alpha=0.3, label="loss per step")
+    ax.plot(lrs, smoothed, label="smoothed loss")
     if math.isfinite(suggested):
-        ax.axvline(suggested, color="red", linestyle="--", label=f"suggested {suggested:.2e}")
+        at = int(np.argmin(np.abs(np.log(lrs) - math.log(suggested))))
+        ax.axvline(suggested, color="red", linestyle="--", linewidth=1)
+        ax.plot(
+            [suggested],
+            [smoothed[at]],
+            "o",
+            color="red",
+            markersize=9,
+            label=f"suggested optim.lr={suggested:.2e}",
+        )
+        ax.annotate(
+            f"optim.lr={suggested:.2e}",
+            (suggested, smoothed[at]),
+            xytext=(10, 18),
+            textcoords="offset points",
+            color="red",
+            fontsize=11,
+        )
+        title = f"LR range test: suggested optim.lr={suggested:.2e}"
+    else:
+        title = "LR range test: no suggestion (the loss never fell)"
     if len(smoothed) and np.isfinite(smoothed[0]):
         # Divergence at the end would squash the interesting part: cap the axis.
         ax.set_ylim(0.9 * float(np.nanmin(losses)), 1.5 * float(smoothed[0]))
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
-    ax.set_title("LR range test")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
