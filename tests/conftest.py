@@ -49,6 +49,9 @@ def tiny_overrides(mlflow_uri: str, tmp_path: Path) -> list[str]:
         f"tracking.uri={mlflow_uri}",
         f"tracking.artifact_root={tmp_path / 'artifacts'}",
         "tracking.experiment=tests",
+        # Seconds per run that only tests/test_run_logging.py (which turns them on) checks.
+        "tracking.log_model=false",
+        "tracking.system_metrics=false",
     ]
 
 

@@ -37,7 +37,8 @@ RUNTIME = HydraRuntime(
 def trained(mlflow_uri, tmp_path_factory):
     """One 2-epoch tiny run as a sweep's job would start it (stage=train via run_stage)."""
     tmp = tmp_path_factory.mktemp("run_logging")
-    cfg = compose([*tiny_overrides(mlflow_uri, tmp), "train.epochs=2"])
+    on = ["tracking.log_model=true", "tracking.system_metrics=true"]  # off in tiny_overrides
+    cfg = compose([*tiny_overrides(mlflow_uri, tmp), "train.epochs=2", *on])
     result = run_stage(cfg, tmp / "out", RUNTIME)
     client = MlflowClient(mlflow_uri)
     return result, client, client.get_run(result.run_id)

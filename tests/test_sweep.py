@@ -94,6 +94,8 @@ def test_two_jobs_of_a_sweep_are_children_of_one_parent(swept):
         assert child.data.tags["seed"] == "42"
         assert child.info.run_name.endswith(f"-s42/optim.lr={lr}")
         assert child.data.params["optim.lr"] == lr
+        # The job's own command line (exact resume command, overrides tag), not "<same ...>".
+        assert child.data.tags["overrides"].endswith(f"optim.lr={lr}")
 
 
 def test_the_sweeps_end_logs_the_comparison_to_the_parent(swept, capsys):

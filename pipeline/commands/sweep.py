@@ -53,13 +53,15 @@ def sweep_parent(tracking: TrackingConfig, sweep_dir: Path, swept: Iterable[str]
     """The sweep's parent run, found by its tags, else created (race-safe across jobs)."""
     sweep, keys = sweep_id(sweep_dir), sorted(swept)
     params = {"sweep.keys": ",".join(keys), "sweep.dir": str(sweep_dir)}
-    return find_or_create_parent(tracking, parent_tags(sweep), parent_name(sweep, keys), params)
+    return find_or_create_parent(
+        tracking, parent_tags(sweep), parent_name(sweep, keys), params, sweep=sweep
+    )
 
 
 def run_sweep_job(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime):
     """One job of a multirun: train as a child of the sweep's parent run."""
     if runtime.sweep_dir is None or not cfg.tracking.enabled:
-        return train_command.run_train(cfg, out_dir)
+        return train_command.run_train(cfg, out_dir, runtime=runtime)
     parent = sweep_parent(cfg.tracking, runtime.sweep_dir, runtime.swept)
     label = variant_label(runtime.overrides, runtime.swept)
     name = cfg.tracking.run_name or run_name_for(cfg, "train")
@@ -67,7 +69,10 @@ def run_sweep_job(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime):
         name = f"{name}/{label}"
     tags = {"sweep": sweep_id(runtime.sweep_dir), "variant": label, "seed": str(cfg.seed)}
     tracking = child_tracking(cfg.tracking, parent, name, tags)
-    return train_command.run_train(dataclasses.replace(cfg, tracking=tracking), out_dir)
+    # The runtime gives the job its overrides tag and an exact resume command.
+    return train_command.run_train(
+        dataclasses.replace(cfg, tracking=tracking), out_dir, runtime=runtime
+    )
 
 
 def summarize_sweep(cfg: RunConfig, sweep_dir: Path) -> list[VariantSummary] | None:
