@@ -41,7 +41,6 @@ CHROMIUM_ARGS = [
 ]
 # Shown as runs-table columns by the shared view --key-columns writes (MLflow's column keys).
 KEY_METRICS = ("test/acc", "test/f1_macro", "test/loss", "best_epoch")
-SHARE_KEY = "pipeline-key-metrics"
 # Texts whose presence on a page says what it shows (reported, not asserted).
 LOOK_FOR = ("test/acc", "test/f1_macro", "sweep/", "ablation/", "variant", "comparison")
 
@@ -86,19 +85,14 @@ def column_key(kind: str, name: str) -> str:
     return f"{kind}.`{name}`"
 
 
-def share_key_metrics(client: Any, experiment_id: str, parents: list[str]) -> str:
-    """Save a runs-table view with the key test metrics as columns, sorted by test/acc and
-    parents expanded, as the experiment tag the UI's Share button writes; returns its key."""
-    state = {
-        "selectedColumns": [column_key("metrics", m) for m in KEY_METRICS],
-        "runsExpanded": {run_id: True for run_id in parents},
-        "orderByKey": column_key("metrics", "test/acc"),
-        "orderByAsc": False,
-    }
-    client.set_experiment_tag(
-        experiment_id, f"mlflow.sharedViewState.{SHARE_KEY}", json.dumps(state)
-    )
-    return SHARE_KEY
+def share_key_metrics(client: Any, experiment_id: str) -> str:
+    """The project's key-metrics view (`pipeline.tracking.runs.experiment_tags`: what every
+    run sets on its experiment), set here too for a store made before it existed."""
+    from pipeline.tracking.runs import KEY_METRICS_VIEW, experiment_tags
+
+    for key, value in experiment_tags().items():
+        client.set_experiment_tag(experiment_id, key, value)
+    return KEY_METRICS_VIEW
 
 
 def pick_runs(client: Any, experiment_id: str) -> dict[str, Any]:
@@ -129,7 +123,9 @@ def views(base: str, experiment_id: str, picked: dict, share_key: str | None) ->
     exp = f"{base}/#/experiments/{experiment_id}"
     out = [("runs_table", f"{exp}/runs")]
     if share_key:
-        out.append(("runs_table_key_metrics", f"{exp}/runs?viewStateShareKey={share_key}"))
+        # What a training run prints at its end (pipeline.tracking.runs.ui_path).
+        query = f"workflowType=machine_learning&viewStateShareKey={share_key}"
+        out.append(("runs_table_key_metrics", f"{exp}/runs?{query}"))
     if picked["train"] is not None:
         out.append(("run_overview", f"{exp}/runs/{picked['train'].info.run_id}"))
     if picked["sweep_children"]:
@@ -155,7 +151,7 @@ def shoot(url_views: list[tuple], out_dir: Path, wait_s: float) -> list[dict]:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
         for name, url in url_views:
-            page.goto(url, wait_until="networkidle", timeout=120_000)
+            page.goto(url, wait_until="load", timeout=120_000)  # the UI polls: never network-idle
             page.wait_for_timeout(wait_s * 1000)  # the React views render after their fetches
             path = out_dir / f"{name}.png"
             page.screenshot(path=str(path))
@@ -179,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--experiment", default="quickstart")
     parser.add_argument("--out", type=Path, default=Path("ui_screenshots"))
     parser.add_argument("--key-columns", action="store_true", help="save the key-metrics view")
-    parser.add_argument("--wait", type=float, default=4.0, help="seconds after load per page")
+    parser.add_argument("--wait", type=float, default=8.0, help="seconds after load per page")
     parser.add_argument("--start-timeout", type=float, default=180.0)
     args = parser.parse_args(argv)
 
@@ -190,11 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     if experiment is None:
         raise SystemExit(f"error: no experiment {args.experiment!r} in {args.backend_store_uri}")
     picked = pick_runs(client, experiment.experiment_id)
-    share = (
-        share_key_metrics(client, experiment.experiment_id, picked["parents"])
-        if args.key_columns
-        else None
-    )
+    share = share_key_metrics(client, experiment.experiment_id) if args.key_columns else None
     args.out.mkdir(parents=True, exist_ok=True)
     with mlflow_ui(args.backend_store_uri, free_port(), args.start_timeout) as base:
         shots = shoot(views(base, experiment.experiment_id, picked, share), args.out, args.wait)

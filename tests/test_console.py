@@ -193,7 +193,7 @@ def test_end_lines_give_metrics_classes_diagnosis_files_and_next_commands(tiny_c
     (tmp_path / "report.md").write_text("#")
     metrics = {"test/loss": 0.5, "test/acc": 0.75}
     lines = end_lines(
-        Run(run_id=RUN_ID),
+        Run(run_id=RUN_ID, experiment_id="1"),
         cfg,
         _fit_result(tmp_path),
         metrics,
@@ -209,6 +209,9 @@ def test_end_lines_give_metrics_classes_diagnosis_files_and_next_commands(tiny_c
     assert f"output   {tmp_path}: report.md" in lines
     assert f"weights  {tmp_path}/checkpoints/best.pt" in lines
     assert f"mlflow   mlflow ui --backend-store-uri {cfg.tracking.uri}" in text
+    # ... and the link that opens its runs table in model-training mode, key metrics shown.
+    assert "then open http://127.0.0.1:5000/#/experiments/" in text
+    assert "/runs?workflowType=machine_learning&viewStateShareKey=pipeline" in text
     assert (
         f"python -m pipeline stage=evaluate run_id={RUN_ID} tracking.uri={cfg.tracking.uri}" in text
     )

@@ -18,6 +18,7 @@ from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.runs import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    Run,
     grouping_tags,
     start_run,
     sweep_id,
@@ -147,9 +148,34 @@ def test_the_experiment_opens_on_the_model_training_view(trained, mlflow_uri):
     _, client, run = trained
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+    # The key-metrics view the printed UI link opens (what MLflow's Share button writes).
+    view = json.loads(experiment.tags["mlflow.sharedViewState.pipeline"])
+    assert view["selectedColumns"][:2] == ["metrics.`test/acc`", "metrics.`test/f1_macro`"]
+    assert view["orderByKey"] == "metrics.`test/acc`" and view["orderByAsc"] is False
     # An experiment made before (or by MLflow itself) is tagged when a run uses it.
     client.create_experiment("made-elsewhere")
     with start_run(TrackingConfig(uri=mlflow_uri, experiment="made-elsewhere")):
         pass
     tags = client.get_experiment_by_name("made-elsewhere").tags
     assert tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert "mlflow.sharedViewState.pipeline" in tags
+
+
+def test_a_dataset_two_parallel_jobs_insert_at_once_is_linked_on_retry():
+    """A joblib sweep's jobs log the same new dataset together: SQLite refuses the second
+    insert (UNIQUE constraint), which failed that job's run; a retry links the dataset."""
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+    from mlflow.exceptions import MlflowException
+
+    class RacingClient:
+        calls = 0
+
+        def log_inputs(self, run_id, datasets):
+            RacingClient.calls += 1
+            if RacingClient.calls == 1:
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets")
+
+    dataset = from_pandas(pd.DataFrame({"image": ["a.png"], "label": [0]}), name="d-train")
+    Run(RacingClient(), "run-id").log_inputs({"train": dataset})
+    assert RacingClient.calls == 2

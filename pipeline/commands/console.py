@@ -19,7 +19,7 @@ from pipeline.evaluation.diagnosis import diagnose
 from pipeline.evaluation.metrics import classification_report, confusion_matrix
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.credentials import redact
-from pipeline.tracking.runs import Run
+from pipeline.tracking.runs import Run, ui_path
 from pipeline.training.loop import FitResult
 
 MAX_CLASS_ROWS = 10  # more classes: the worst ones by F1 (all of them are in the report files)
@@ -156,11 +156,14 @@ def class_table(report: dict, class_names: list[str]) -> list[str]:
     return lines
 
 
-def _store_hint(tracking: TrackingConfig) -> str:
+def _store_hint(tracking: TrackingConfig, experiment_id: str | None) -> list[str]:
+    """How to see the run in MLflow's UI: the runs table with the key metrics as columns."""
     uri = redact(tracking.uri)
+    path = ui_path(experiment_id) if experiment_id else ""
     if uri.startswith(("http://", "https://")):
-        return f"open {uri} (experiment {tracking.experiment})"
-    return f"mlflow ui --backend-store-uri {shlex.quote(uri)}"
+        return [f"open {uri.rstrip('/')}{path}"]
+    lines = [f"mlflow ui --backend-store-uri {shlex.quote(uri)}"]
+    return lines + ([f"then open http://127.0.0.1:5000{path}"] if path else [])
 
 
 def next_commands(run: Run, cfg: RunConfig, checkpoint: Path | None) -> list[str]:
@@ -207,7 +210,8 @@ def end_lines(
     if checkpoint is not None:
         lines.append(f"weights  {shown_path(checkpoint)}")
     if run.run_id:
-        lines.append(f"mlflow   {_store_hint(cfg.tracking)}")
+        hint = _store_hint(cfg.tracking, run.experiment_id)
+        lines += ["mlflow   " + hint[0], *(f"         {line}" for line in hint[1:])]
     follow = next_commands(run, cfg, checkpoint)
     if follow:
         lines += ["next     " + follow[0], *(f"         {c}" for c in follow[1:])]

@@ -31,8 +31,7 @@ class ParentRun(Run):
         name: str | None = None,
         experiment_id: str | None = None,
     ):
-        super().__init__(client, run_id, name)
-        self.experiment_id = experiment_id
+        super().__init__(client, run_id, name, experiment_id)
 
     def children(self) -> list[Any]:
         """Every run linked to this one (any status), as MLflow Run objects."""

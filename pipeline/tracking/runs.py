@@ -31,10 +31,16 @@ log = logging.getLogger(__name__)
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 NAME_SUFFIX_TRIES = 5
+DATASET_INSERT_TRIES = 3
 # MLflow 3's UI opens an experiment of this kind on its model-training view, not the GenAI one
 # (the values: the UI's ExperimentKind enum in mlflow/server/js).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# A runs-table view with the key test metrics as columns, saved as the experiment tag MLflow
+# 3's "Share" button writes; the UI shows it at `?viewStateShareKey=pipeline` (ui_path).
+# The UI keeps a user's own column choice in the browser only, so a link is the one way in.
+KEY_METRICS_VIEW = "pipeline"
+KEY_METRICS = ("test/acc", "test/f1_macro", "test/loss", "best_epoch", "train_seconds")
 SYSTEM_METRICS_INTERVAL_S = 5.0  # a one-minute run gets a dozen points (MLflow's default: 10)
 
 
@@ -70,10 +76,17 @@ def grouping_tags(
 class Run:
     """A live MLflow run (or a no-op one when tracking is disabled)."""
 
-    def __init__(self, client: Any = None, run_id: str | None = None, name: str | None = None):
+    def __init__(
+        self,
+        client: Any = None,
+        run_id: str | None = None,
+        name: str | None = None,
+        experiment_id: str | None = None,
+    ):
         self.client = client
         self.run_id = run_id
         self.name = name  # the name MLflow shows (None when tracking is off)
+        self.experiment_id = experiment_id
 
     @property
     def active(self) -> bool:
@@ -120,11 +133,21 @@ class Run:
             return
         from mlflow.entities import DatasetInput, InputTag
 
+        from mlflow.exceptions import MlflowException
+
         inputs = [
             DatasetInput(dataset_entity(dataset), [InputTag("mlflow.data.context", context)])
             for context, dataset in datasets.items()
         ]
-        self.client.log_inputs(self.run_id, datasets=inputs)
+        for attempt in range(DATASET_INSERT_TRIES):
+            try:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+                return
+            except MlflowException as exc:
+                # Parallel jobs of a sweep insert the same new dataset at once; SQLite refuses
+                # the later insert, and a retry then finds the dataset and only links it.
+                if "UNIQUE constraint" not in str(exc) or attempt + 1 == DATASET_INSERT_TRIES:
+                    raise
 
 
 @contextmanager
@@ -156,11 +179,35 @@ def system_metrics_logged(run: Run, cfg: TrackingConfig) -> Iterator[None]:
         yield
 
 
+def experiment_tags() -> dict[str, str]:
+    """What the project sets on an experiment it logs to: MLflow 3's UI then opens it on the
+    model-training view (not GenAI), and the key-metrics view link (ui_path) works."""
+    import json
+
+    view = {
+        "selectedColumns": [f"metrics.`{name}`" for name in KEY_METRICS],
+        "orderByKey": "metrics.`test/acc`",
+        "orderByAsc": False,
+    }
+    return {
+        EXPERIMENT_KIND_TAG: EXPERIMENT_KIND,
+        f"mlflow.sharedViewState.{KEY_METRICS_VIEW}": json.dumps(view),
+    }
+
+
+def ui_path(experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI, in model-training mode (the UI's default
+    is GenAI) with the key test metrics as columns: append it to the UI's address."""
+    query = f"workflowType=machine_learning&viewStateShareKey={KEY_METRICS_VIEW}"
+    return f"/#/experiments/{experiment_id}/runs?{query}"
+
+
 def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
     experiment = client.get_experiment_by_name(cfg.experiment)
     if experiment is not None:
-        if EXPERIMENT_KIND_TAG not in experiment.tags:  # one made before, or by others
-            _tag_experiment_kind(client, experiment.experiment_id)
+        missing = {k: v for k, v in experiment_tags().items() if k not in experiment.tags}
+        if missing:  # one made before, or by others
+            _tag_experiment(client, experiment.experiment_id, missing)
         return experiment.experiment_id
     location = None
     if "://" not in cfg.uri or cfg.uri.startswith(("sqlite:", "file:")):
@@ -168,19 +215,20 @@ def _experiment_id(client: Any, cfg: TrackingConfig) -> str:
         # `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` finds them.
         location = _local_artifact_root(cfg).expanduser().resolve().as_uri()
     return client.create_experiment(
-        cfg.experiment, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        cfg.experiment, artifact_location=location, tags=experiment_tags()
     )
 
 
-def _tag_experiment_kind(client: Any, experiment_id: str) -> None:
+def _tag_experiment(client: Any, experiment_id: str, tags: Mapping[str, str]) -> None:
     """Best effort: parallel jobs may tag it at once, and a SQLite store then refuses the
     second insert (UNIQUE constraint); the tag is there either way."""
     from mlflow.exceptions import MlflowException
 
-    try:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    except MlflowException as exc:
-        log.debug("experiment %s not tagged %s: %s", experiment_id, EXPERIMENT_KIND_TAG, exc)
+    for key, value in tags.items():
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+        except MlflowException as exc:
+            log.debug("experiment %s not tagged %s: %s", experiment_id, key, exc)
 
 
 def _local_artifact_root(cfg: TrackingConfig) -> Path:
@@ -209,7 +257,7 @@ def _reopen_run(client: Any, run_id: str, tags: Mapping[str, str]) -> Run:
     client.update_run(run_id, status="RUNNING")
     if "error" in previous.data.tags:  # the failure being recovered from; a new one re-tags
         client.delete_tag(run_id, "error")
-    run = Run(client, run_id, previous.info.run_name)
+    run = Run(client, run_id, previous.info.run_name, previous.info.experiment_id)
     run.set_tags(tags)
     return run
 
@@ -276,7 +324,8 @@ def start_run(
             wanted = cfg.run_name or name or run_tags.get("stage", "run")
             created = client.create_run(experiment_id, tags=run_tags, run_name=wanted)
             run_id = created.info.run_id
-            run = Run(client, run_id, _unique_name(client, experiment_id, run_id, wanted))
+            unique = _unique_name(client, experiment_id, run_id, wanted)
+            run = Run(client, run_id, unique, experiment_id)
     except PipelineError:
         raise
     except Exception as exc:  # a store that cannot be created or written, a refused request
