@@ -132,7 +132,6 @@ class Run:
         if not self.active:
             return
         from mlflow.entities import DatasetInput, InputTag
-
         from mlflow.exceptions import MlflowException
 
         inputs = [
