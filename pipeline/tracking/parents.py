@@ -22,16 +22,8 @@ MAX_CHILDREN = 50000  # one search request; far above any ablation or study
 
 
 class ParentRun(Run):
-    """A parent run (or a no-op one when tracking is disabled) and the experiment it is in."""
-
-    def __init__(
-        self,
-        client: Any = None,
-        run_id: str | None = None,
-        name: str | None = None,
-        experiment_id: str | None = None,
-    ):
-        super().__init__(client, run_id, name, experiment_id)
+    """A parent run (or a no-op one when tracking is disabled) and the experiment it is in
+    (`experiment_id`, which Run holds)."""
 
     def children(self) -> list[Any]:
         """Every run linked to this one (any status), as MLflow Run objects."""
