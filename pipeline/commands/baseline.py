@@ -19,9 +19,8 @@ import torch
 
 from pipeline.commands.train_outputs import test_metrics_of
 from pipeline.config import RunConfig
-from pipeline.data.augment import build_eval_transform
 from pipeline.data.decode import load_image
-from pipeline.data.loader import DeviceNormalize, ImageDataset, default_num_workers
+from pipeline.data.loader import default_num_workers
 from pipeline.data.sources import ImageSet
 from pipeline.data.splits import Splits, run_splits
 from pipeline.evaluation.baselines import (
@@ -36,8 +35,7 @@ from pipeline.models.classifier import build_model
 from pipeline.repro import seed_everything
 from pipeline.tracking.runs import flatten, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.batches import Batches
-from pipeline.training.features import split_features
+from pipeline.training.features import image_features
 from pipeline.training.precision import resolve_amp, resolve_device
 
 log = logging.getLogger(__name__)
@@ -85,26 +83,22 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
     device = resolve_device(cfg.train.device)
     model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
     model.to(device).eval()
-    crop_pct = cfg.augment.crop_pct or spec.crop_pct
-    transform = build_eval_transform(spec.img_size, crop_pct, spec.interpolation)
-    decode = round(spec.img_size / crop_pct)
-    batches = Batches(DeviceNormalize(spec.mean, spec.std).to(device), device, False)
     workers = default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-    features = {
-        part: split_features(
+    features = {  # the eval transform at the backbone's size, as stage=inspect and screen
+        part: image_features(
             model.backbone,
-            ImageDataset(getattr(splits, part), transform, decode),
-            batches,
-            resolve_amp(cfg.train.amp, device),
+            spec,
+            getattr(splits, part),
             cfg.data.eval_batch_size or 2 * cfg.data.batch_size,
             workers,
-            cfg.seed,
-        )
+            device,
+            resolve_amp(cfg.train.amp, device),
+            cfg.augment.crop_pct,
+        ).numpy()
         for part in PARTS
     }
-    (train_x, train_y), (val_x, val_y), (test_x, _) = (
-        (x.cpu().numpy(), y.cpu().numpy()) for x, y in (features[part] for part in PARTS)
-    )
+    train_x, val_x, test_x = (features[part] for part in PARTS)
+    train_y, val_y = splits.train.labels, splits.val.labels
     fit = logistic(
         "probe",
         (train_x, train_y),
