@@ -50,13 +50,13 @@ def ablation_setup(mlflow_uri, tmp_path_factory):
     cfg = dataclasses.replace(cfg, ablation=ablation)
     real, trained, fail = train_stage.run_train, [], {("no_dropout", 1)}
 
-    def counting(child_cfg, out_dir):
+    def counting(child_cfg, out_dir, **kwargs):
         key = (child_cfg.tracking.tags["variant"], child_cfg.seed)
         trained.append(key)
         with pytest.MonkeyPatch.context() as m:
             if key in fail:  # crashes mid-training, for real: run_train marks it FAILED
                 m.setattr(train_stage, "fit", _explode)
-            return real(child_cfg, out_dir)
+            return real(child_cfg, out_dir, **kwargs)
 
     client = MlflowClient(mlflow_uri)
     with pytest.MonkeyPatch.context() as m:
@@ -115,6 +115,11 @@ def test_parent_with_one_tagged_child_per_variant_and_seed(ablation_setup):
         expected_dropout = "0.3" if run.data.tags["variant"] == "baseline" else "0.0"
         assert run.data.params["head.dropout"] == expected_dropout
         assert run.data.params["head.kind"] == "mlp"
+        # Its own command line: what reproduces (and resumes) this child alone.
+        overrides = run.data.tags["overrides"].split()
+        assert f"seed={run.data.tags['seed']}" in overrides
+        assert ("head.dropout=0.0" in overrides) == (run.data.tags["variant"] == "no_dropout")
+        assert any(o.startswith("tracking.uri=sqlite:") for o in overrides)  # its store
         assert run.data.metrics["peak_memory_mb"] > 10
         assert {"test/acc", "test/f1_macro", "best_epoch", "train_seconds"} <= set(run.data.metrics)
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}

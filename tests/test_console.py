@@ -319,9 +319,8 @@ def test_help_lists_stages_groups_and_examples():
 
 
 @pytest.mark.slow  # a CLI subprocess training a tiny model
-def test_a_piped_training_run_prints_compact_lines_progress_and_next_steps(
-    mlflow_uri, tmp_path, image_folder
-):
+def test_a_piped_training_run_prints_compact_lines_progress_and_next_steps(tmp_path, image_folder):
+    mlflow_uri = f"sqlite:///{tmp_path / 'new-store' / 'mlflow.db'}"  # a first run: a new store
     overrides = [
         *tiny_overrides(mlflow_uri, tmp_path),
         "data=folder",
@@ -337,6 +336,7 @@ def test_a_piped_training_run_prints_compact_lines_progress_and_next_steps(
     epochs = [line for line in lines if line.startswith("epoch ") and "batch" not in line]
     assert len(epochs) == 2 and all(len(line) < 100 for line in epochs)
     assert not any(line.startswith("[") for line in lines)  # no Hydra prefix on the console
+    assert "database tables" not in out.stdout + out.stderr  # MLflow's store-creation chatter
     assert "one line per epoch; * = best so far by val/loss (its weights are kept)" in lines
     # Piped: plain progress lines, one per batch here (progress_every=0), no bar.
     assert any(

@@ -168,7 +168,7 @@ def run_ablate(cfg: RunConfig, out_dir: Path, runtime: HydraRuntime = NO_HYDRA):
     else:
         parent_ctx = start_run(tracking, run_id=parent_id)  # Ctrl-C marks the parent KILLED
     with parent_ctx as opened:
-        rows, failures = _run_children(todo, configs, tracking, out_dir)
+        rows, failures = _run_children(todo, configs, tracking, out_dir, runtime)
         if ablation.narrowed:
             print(
                 "narrowed run done; rerun without ablation.only_variant/only_seed to summarise "
@@ -227,19 +227,27 @@ def _summarize(ablation, name: str, variants: list[str], rows: list[dict]):
 
 
 def _run_children(
-    todo: list[Child], configs: list[RunConfig], tracking: TrackingConfig, out_dir: Path
+    todo: list[Child],
+    configs: list[RunConfig],
+    tracking: TrackingConfig,
+    out_dir: Path,
+    runtime: HydraRuntime = NO_HYDRA,
 ) -> tuple[list[dict], list[str]]:
-    """Train each child in this process; a failure is recorded and the rest still run."""
+    """Train each child in this process; a failure is recorded and the rest still run.
+
+    Each child runs as if typed on its own: its overrides (plus the command line's tracking
+    ones, which pick the store) are its `overrides` tag and its printed resume command."""
     import torch
 
+    store = tuple(o for o in runtime.overrides if o.lstrip("+~").startswith("tracking."))
     rows, failures = [], []
     for i, (child, child_cfg) in enumerate(zip(todo, configs, strict=True), 1):
         print(f"[{i}/{len(todo)}] {child.variant} seed {child.seed}", flush=True)
+        child_dir = out_dir / child.variant / f"seed{child.seed}"
+        child_runtime = HydraRuntime(overrides=(*child.overrides, *store), output_dir=child_dir)
         try:
             with PeakMemory(cuda=_cuda_device(child_cfg, torch)) as peak:
-                result = train_command.run_train(
-                    child_cfg, out_dir / child.variant / f"seed{child.seed}"
-                )
+                result = train_command.run_train(child_cfg, child_dir, runtime=child_runtime)
         except (PipelineError, RuntimeError, ValueError) as exc:
             # Its run is already marked FAILED; rerunning the ablation retries just this one.
             failures.append(f"{child.variant} seed {child.seed}: {exc}")
