@@ -103,6 +103,17 @@ def test_a_corrupt_cache_file_is_ignored_with_a_warning_and_rewritten(tiny_cfg, 
     assert not list(cache.glob(".*.tmp"))  # no temporary file left behind
 
 
+def test_a_cache_that_cannot_be_written_only_warns(tiny_cfg, tmp_path, caplog):
+    images, _ = scan_class_folders(write_image_folder(tmp_path / "images", per_class=2))
+    backbone, spec, _ = _backbone(tiny_cfg)
+    blocked = tmp_path / "a file, not a folder"
+    blocked.write_text("")
+    with caplog.at_level(logging.WARNING):
+        result = _features(blocked, backbone, spec, images)
+    assert result.from_cache == 0 and len(result.features) == len(images) == 6
+    assert f"feature cache not saved to {blocked}" in caplog.text
+
+
 def test_the_cache_off_computes_everything_and_writes_nothing(tiny_cfg, tmp_path):
     images, _ = scan_class_folders(write_image_folder(tmp_path / "images", per_class=2))
     backbone, spec, _ = _backbone(tiny_cfg)

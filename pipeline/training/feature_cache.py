@@ -19,6 +19,7 @@ entries (each merges what it finds on disk just before writing); those are recom
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -160,8 +161,11 @@ class FeatureStore:
             state = {"keys": self.keys, "features": self.features}
             torch.save(state | {"seconds": self.seconds, "computed": self.computed}, tmp)
             os.replace(tmp, self.path)
-        except OSError as exc:  # a full disk or a read-only folder costs the cache, not the run
-            tmp.unlink(missing_ok=True)
+        # A full disk or a read-only folder costs the cache, not the run (torch's zip writer
+        # reports a failed write as a RuntimeError).
+        except (OSError, RuntimeError) as exc:
+            with contextlib.suppress(OSError):  # not there, or no folder to be in
+                tmp.unlink()
             log.warning("feature cache not saved to %s: %s", self.path, exc)
             return
         self._seen = self._stat()
