@@ -48,6 +48,8 @@ def tiny_overrides(mlflow_uri: str, tmp_path: Path) -> list[str]:
         "data.num_workers=0",
         f"tracking.uri={mlflow_uri}",
         f"tracking.artifact_root={tmp_path / 'artifacts'}",
+        # Never .cache/ in the repo: each test its own feature cache, empty at first.
+        f"data.feature_cache={tmp_path / 'feature_cache'}",
         "tracking.experiment=tests",
         # Seconds per run that only tests/test_run_logging.py (which turns them on) checks.
         "tracking.log_model=false",

@@ -260,6 +260,7 @@ def test_inspect_scale_benchmark_times_every_part_and_projects(tmp_path):
             "--img-size=24",
             "--project=600",
             f"--out={out}",
+            "--warm",  # each folder inspected again, its features from the cache
             "backbone.name=test_efficientnet",
             "backbone.pretrained=false",
             "backbone.img_size=32",
@@ -268,6 +269,7 @@ def test_inspect_scale_benchmark_times_every_part_and_projects(tmp_path):
     )
     parts = {"hashing", "image_stats", "embedding", "near_dup_search", "label_probe", "total"}
     assert set(report["results"]["60"]["seconds"]) == parts
+    assert set(report["results"]["60"]["warm_seconds"]) == parts
     projected = report["projected_600"]
     measured = report["results"]["60"]["seconds"]
     # x10 images: linear parts x10, the pairwise search x100.

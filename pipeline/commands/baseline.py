@@ -35,7 +35,7 @@ from pipeline.models.classifier import build_model
 from pipeline.repro import seed_everything
 from pipeline.tracking.runs import flatten, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.features import image_features
+from pipeline.training.feature_cache import cached_image_features
 from pipeline.training.precision import resolve_amp, resolve_device
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,9 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
     model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
     model.to(device).eval()
     workers = default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
-    features = {  # the eval transform at the backbone's size, as stage=inspect and screen
-        part: image_features(
+    embedded = {  # the eval transform at the backbone's size, as stage=inspect and screen
+        part: cached_image_features(
+            cfg.data.feature_cache,
             model.backbone,
             spec,
             getattr(splits, part),
@@ -94,9 +95,10 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
             device,
             resolve_amp(cfg.train.amp, device),
             cfg.augment.crop_pct,
-        ).numpy()
+        )
         for part in PARTS
     }
+    features = {part: embedded[part].features.numpy() for part in PARTS}
     train_x, val_x, test_x = (features[part] for part in PARTS)
     train_y, val_y = splits.train.labels, splits.val.labels
     fit = logistic(
@@ -108,7 +110,11 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
         cfg.baseline,
     )
     fit.choice += f", {train_x.shape[1]} features of {cfg.backbone.name}"
-    fit.params |= {"weights_source": weights.source, "baseline.features": train_x.shape[1]}
+    fit.params |= {
+        "weights_source": weights.source,
+        "baseline.features": train_x.shape[1],
+        "features.cached": sum(e.from_cache for e in embedded.values()),  # of train+val+test
+    }
     return fit
 
 

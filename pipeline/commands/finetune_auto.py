@@ -1,8 +1,9 @@
 """finetune=auto for stage=train: probe the frozen features, then pick the strategy.
 
 The probe runs before the MLflow run starts (like every other check of the input): the
-backbone extracts features of the train and val splits once, without augmentation, and a
-logistic regression trained on the first is scored on the second. The rule itself is the
+backbone's features of the train and val splits (eval transform, through data.feature_cache,
+so a stage=inspect or baseline before it already computed them), and a logistic regression
+trained on the first is scored on the second. The rule itself is the
 pure `pipeline.training.auto.choose_finetune`.
 """
 
@@ -13,15 +14,17 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from pipeline.commands.training_setup import build_training
 from pipeline.config import RunConfig
+from pipeline.data.sources import ImageSet
 from pipeline.data.splits import Splits
+from pipeline.models.classifier import build_model
 from pipeline.training import distributed
 from pipeline.training.auto import AutoChoice, choose_finetune, probe_accuracy
-from pipeline.training.features import extract_features
-from pipeline.training.finetune import FinetuneConfig
+from pipeline.training.feature_cache import cached_image_features
+from pipeline.training.precision import resolve_amp
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +33,28 @@ def resolve_auto(
     cfg: RunConfig, splits: Splits, device: torch.device, dist_info: distributed.DistInfo
 ) -> tuple[RunConfig, AutoChoice]:
     """The config with finetune=auto replaced by the chosen strategy, and the choice."""
-    probe_cfg = dataclasses.replace(
-        cfg,
-        finetune=FinetuneConfig(strategy="frozen"),
-        augment=dataclasses.replace(cfg.augment, preset="none"),
-    )
     # Every rank probes the same data the same way, so every rank makes the same choice.
-    single = distributed.DistInfo()
-    setup = build_training(probe_cfg, splits, device, single, ("train", "val"), False)
-    backbone, batches, amp = setup.model.backbone, setup.batches, setup.amp_dtype
-    features = {
-        name: extract_features(backbone, setup.loaders[name], batches, amp)
-        for name in ("train", "val")
-    }
-    train_x, train_y = (t.cpu().numpy() for t in features["train"])
-    val_x, val_y = (t.cpu().numpy() for t in features["val"])
-    acc = probe_accuracy(train_x, train_y, val_x, val_y, cfg.seed) if len(val_y) else None
-    # The train loader drops a last partial batch: count the split, not what it yielded.
+    model, spec, _ = build_model(cfg.backbone, cfg.head, len(splits.class_names))
+
+    def features_of(images: ImageSet) -> np.ndarray:
+        return cached_image_features(
+            cfg.data.feature_cache,
+            model.backbone,
+            spec,
+            images,
+            cfg.data.eval_batch_size or 2 * cfg.data.batch_size,
+            cfg.data.num_workers,
+            device,
+            resolve_amp(cfg.train.amp, device),
+            cfg.augment.crop_pct,
+        ).features.numpy()
+
+    train, val = splits.train, splits.val
+    acc = None
+    if len(val):  # data.val_fraction=0: no probe; the rule goes by the data's size alone
+        acc = probe_accuracy(
+            features_of(train), train.labels, features_of(val), val.labels, cfg.seed
+        )
     choice = choose_finetune(len(splits.train.labels), len(splits.class_names), acc)
     chosen = dataclasses.replace(
         cfg,

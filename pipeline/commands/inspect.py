@@ -39,7 +39,7 @@ from pipeline.models.backbone import check_model_name, create_backbone
 from pipeline.repro import seed_everything
 from pipeline.tracking.runs import flatten, run_name_for, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.features import image_features
+from pipeline.training.feature_cache import CachedFeatures, cached_image_features
 from pipeline.training.precision import resolve_amp, resolve_device
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,14 @@ def _timed(seconds: dict[str, float], part: str, work: Callable[[], Any]) -> Any
     return result
 
 
-def _backbone_features(cfg: RunConfig, splits: Splits) -> torch.Tensor:
-    """The frozen backbone's pooled features of every image, train then val then test."""
+def _backbone_features(cfg: RunConfig, splits: Splits) -> CachedFeatures:
+    """The frozen backbone's pooled features of every image, train then val then test
+    (those in data.feature_cache read from it)."""
     device = resolve_device(cfg.train.device)
     backbone, spec, _ = create_backbone(cfg.backbone, global_pool=cfg.head.pool)
     everything = splits.train.concat(splits.val).concat(splits.test)
-    return image_features(
+    return cached_image_features(
+        cfg.data.feature_cache,
         backbone,
         spec,
         everything,
@@ -95,7 +97,8 @@ def inspect_splits(cfg: RunConfig, splits: Splits) -> Findings:
     common = most_common(stats)
     c = cfg.inspect
     flags = [flags_of(s, common, c.min_side, c.dark_brightness, c.blur_threshold) for s in stats]
-    features = _timed(seconds, "embedding", lambda: _backbone_features(cfg, splits))
+    embedded = _timed(seconds, "embedding", lambda: _backbone_features(cfg, splits))
+    features = embedded.features
     pairs, closest = _timed(
         seconds,
         "near_dup_search",
@@ -126,6 +129,7 @@ def inspect_splits(cfg: RunConfig, splits: Splits) -> Findings:
         stats=stats,
         flags=flags,
         seconds=seconds,
+        features_cached=embedded.from_cache,
     )
 
 
@@ -155,6 +159,9 @@ def summary_lines(f: Findings) -> list[str]:
         f"{len(f.labels.issues)} label-issue candidate(s)" if f.labels else "labels not checked"
     )
     flags = ", ".join(f"{k} {v}" for k, v in sorted(f.flag_counts().items())) or "none"
+    cached = {"embedding": f" ({f.features_cached} of {len(f.refs)} from the cache)"}
+    if not f.features_cached:
+        cached = {}
     return [
         f"data health: {len(f.refs)} images, {len(f.class_names)} classes",
         f"  exact duplicates: {m['inspect/exact_cross_split']} val/test image(s) duplicate "
@@ -162,7 +169,7 @@ def summary_lines(f: Findings) -> list[str]:
         f"  near-duplicates (cosine >= {f.threshold}): {len(f.near)} pair(s), "
         f"{m['inspect/near_cross_split_pairs']} across splits (closest pair {f.closest:.3f})",
         f"  {labels}; odd images: {flags}",
-        "  " + ", ".join(f"{k} {v:.1f}s" for k, v in f.seconds.items()),
+        "  " + ", ".join(f"{k} {v:.1f}s" + cached.get(k, "") for k, v in f.seconds.items()),
     ]
 
 
@@ -182,7 +189,14 @@ def run_inspect(cfg: RunConfig, out_dir: Path) -> Findings:
     tags = {"stage": "inspect", "backbone": cfg.backbone.name}
     with start_run(cfg.tracking, tags=tags, name=run_name_for(cfg, "inspect")) as run:
         settings = {"data": cfg.to_dict()["data"], "inspect": cfg.to_dict()["inspect"]}
-        run.log_params({**flatten(settings), "seed": cfg.seed, "backbone.name": cfg.backbone.name})
+        run.log_params(
+            {
+                **flatten(settings),
+                "seed": cfg.seed,
+                "backbone.name": cfg.backbone.name,
+                "features.cached": findings.features_cached,  # of len(refs), from the cache
+            }
+        )
         run.log_metrics(findings.metrics())
         run.set_tags({"mlflow.note.content": report})  # the run's description in the UI
         for path in files:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import time
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ from pipeline.repro import seed_everything
 from pipeline.tracking.parents import child_tracking
 from pipeline.tracking.runs import Run, flatten, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.features import image_features
+from pipeline.training.feature_cache import cached_image_features
 from pipeline.training.precision import resolve_amp, resolve_device
 
 log = logging.getLogger(__name__)
@@ -149,12 +148,14 @@ def _screen_one(cfg, candidate, built, pool, device, amp, batch_size, parent: Ru
     tags = {"stage": "screen", "backbone": candidate.name, "screen": candidate.label}
     tracking = child_tracking(cfg.tracking, parent, f"screen/{candidate.label}", tags)
     with start_run(tracking) as child:
-        start = time.perf_counter()
-        features = image_features(
-            backbone, spec, pool, batch_size, cfg.data.num_workers, device, amp, crop_pct
+        embedded = cached_image_features(
+            cfg.data.feature_cache,
+            *(backbone, spec, pool, batch_size, cfg.data.num_workers, device, amp, crop_pct),
         )
-        labels = pool.labels  # image_features keeps the images' order
-        seconds = time.perf_counter() - start
+        features, labels = embedded.features, pool.labels  # the images' order is kept
+        # The backbone's own time per image, measured when these features were computed
+        # (now, or the run that cached them): reading the cache is no measure of its speed.
+        seconds = embedded.seconds_per_image * len(pool)
         accuracies = probe_fold_accuracies(features.numpy(), labels, cfg.screen.folds, cfg.seed)
         row = ScreenRow(
             candidate,
@@ -178,6 +179,7 @@ def _screen_one(cfg, candidate, built, pool, device, amp, batch_size, parent: Ru
                 "feature_dim": dim,
                 "screen.folds": cfg.screen.folds,
                 "device": str(device),
+                "features.cached": embedded.from_cache,
             }
         )
         child.log_metrics(_row_metrics(row))

@@ -57,6 +57,7 @@ from pipeline.tracking.store import check_store
 from pipeline.training import distributed
 from pipeline.training.batches import BatchSource, ToDevice
 from pipeline.training.early_stopping import EarlyStopping
+from pipeline.training.feature_cache import cached_image_features
 from pipeline.training.features import cached_feature_loaders, check_cache_features
 from pipeline.training.finetune import rebuild_on_change
 from pipeline.training.guards import out_of_memory
@@ -126,9 +127,44 @@ def _check_checkpoint_fits(model: torch.nn.Module, state: dict, spec: str) -> No
         )
 
 
+def _head_on_features(
+    cfg: RunConfig, training: TrainingSetup, splits: Splits, run: Run, new_run: bool
+):
+    """train.cache_features: the backbone's features of train and val (each image once,
+    through data.feature_cache), and the head-only model and loaders `fit` trains on them.
+    With augment=none the train transform is the eval transform, so these are the features
+    the image loaders would give; the splits' own items key the cache (not the decoded
+    arrays data.cache_images holds)."""
+    device = training.batches.device
+    train_bs, val_bs = training.loaders["train"].batch_size, training.loaders["val"].batch_size
+    assert train_bs is not None and val_bs is not None  # build_loader batches by batch_size
+    embedded = {
+        name: cached_image_features(
+            cfg.data.feature_cache,
+            training.model.backbone,
+            training.spec,
+            getattr(splits, name),
+            val_bs,
+            cfg.data.num_workers,
+            device,
+            training.amp_dtype,
+            training.crop_pct,
+        )
+        for name in ("train", "val")
+    }
+    if new_run:  # a resumed run logged its params already (and they cannot change)
+        run.log_params({"features.cached": sum(e.from_cache for e in embedded.values())})
+    train, val = (
+        (embedded[name].features, torch.as_tensor(getattr(splits, name).labels))
+        for name in ("train", "val")
+    )
+    return cached_feature_loaders(training.model, train, val, (train_bs, val_bs), device, cfg.seed)
+
+
 def _fit_and_test(
     cfg: RunConfig,
     training: TrainingSetup,
+    splits: Splits,
     run: Run,
     device: torch.device,
     checkpoint_dir: Path,
@@ -143,13 +179,8 @@ def _fit_and_test(
     assert training.schedule is not None  # build_training builds one unless told not to
     if cfg.train.cache_features:  # frozen backbone, no augmentation: run it once per split
         use_fast_cuda_kernels(device)  # fit sets these too, but after this pass
-        model, train_loader, val_loader, batches = cached_feature_loaders(
-            training.model,
-            training.loaders["train"],
-            training.loaders["val"],
-            training.batches,
-            amp,
-            cfg.seed,
+        model, train_loader, val_loader, batches = _head_on_features(
+            cfg, training, splits, run, new_run=resume is None or resume.run_id is None
         )
     result = fit(
         model,
@@ -255,7 +286,9 @@ def run_train(
             print_run_start(run, cfg, out_dir, checkpoint_dir, derived_params, runtime)
         stopped_by = None
         try:
-            result, tested = _fit_and_test(cfg, training, run, device, checkpoint_dir, resume)
+            result, tested = _fit_and_test(
+                cfg, training, splits, run, device, checkpoint_dir, resume
+            )
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM via sigterm_as_interrupt
             stopped_by = str(exc) or "Ctrl-C"
         except Exception as exc:

@@ -31,6 +31,10 @@ class DataConfig:
     # Decode every image file once and keep the uint8 arrays in RAM: later epochs skip JPEG
     # decoding, which is most of the loader's work. For datasets that fit in memory.
     cache_images: bool = False
+    # Frozen-backbone features kept on disk per image, shared by stage=inspect, baseline, screen,
+    # finetune=auto's probe and train.cache_features (pipeline/training/feature_cache.py).
+    # Relative to the working directory, like mlruns/; null: off.
+    feature_cache: str | None = ".cache/features"
     # Val/test images that duplicate other splits' images (same file bytes): warn, or error
     # to stop the run before it trains (every run checks; stage=inspect lists them).
     on_leak: str = "warn"  # warn | error

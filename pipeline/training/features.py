@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler
 
 from pipeline.data.augment import build_eval_transform
 from pipeline.data.loader import DeviceNormalize, EpochSampler, ImageDataset, build_loader
@@ -80,30 +80,6 @@ def extract_features(
         labels.append(y)
     backbone.train(was_training)
     return torch.cat(features), torch.cat(labels)
-
-
-def split_features(
-    backbone: nn.Module,
-    dataset: Dataset,
-    batches: Batches,
-    amp_dtype: torch.dtype | None,
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-    pin_memory: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features and labels of a whole split (a dataset with its eval transform), read once
-    in order: what the cached head, stage=baseline's linear probe and the data checks use."""
-    in_order = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        # Its own generator: a loader without one draws from the global torch RNG, which
-        # would shift the head's dropout masks away from the uncached run's.
-        generator=torch.Generator().manual_seed(seed),
-    )
-    return extract_features(backbone, in_order, batches, amp_dtype)
 
 
 class FeatureLoader:
@@ -183,34 +159,22 @@ class HeadOnFeatures(nn.Module):
 
 def cached_feature_loaders(
     model: Classifier,
-    train_loader: DataLoader,
-    val_loader: DataLoader,
-    batches: Batches,
-    amp_dtype: torch.dtype | None,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    batch_sizes: tuple[int, int],
+    device: torch.device,
     seed: int,
 ) -> tuple[HeadOnFeatures, FeatureLoader, FeatureLoader, FeatureBatches]:
-    """Run the backbone once over train and val; return what `fit` needs to train the head.
-
-    The train split is read in order here (one pass, no shuffling); the returned train loader
-    shuffles with `seed` and the train loader's batch size, as the image loader does."""
-    # build_loader batches by batch_size (None only for a loader given a batch_sampler).
-    assert train_loader.batch_size is not None and val_loader.batch_size is not None
-    train_x, train_y = split_features(
-        model.backbone,
-        train_loader.dataset,
-        batches,
-        amp_dtype,
-        val_loader.batch_size,
-        train_loader.num_workers,
-        seed,
-        train_loader.pin_memory,
-    )
-    val_x, val_y = extract_features(model.backbone, val_loader, batches, amp_dtype)
+    """What `fit` needs to train the head on the (features, labels) of train and val, each
+    in its split's order (`image_features`, through the feature cache): the train loader
+    shuffles with `seed` and the train batch size, as the image loader does."""
+    train_x, train_y = (t.to(device) for t in train)
+    val_x, val_y = (t.to(device) for t in val)
     return (
         HeadOnFeatures(model),
-        FeatureLoader(train_x, train_y, train_loader.batch_size, train=True, seed=seed),
-        FeatureLoader(val_x, val_y, val_loader.batch_size, train=False, seed=seed),
-        FeatureBatches(batches.device),
+        FeatureLoader(train_x, train_y, batch_sizes[0], train=True, seed=seed),
+        FeatureLoader(val_x, val_y, batch_sizes[1], train=False, seed=seed),
+        FeatureBatches(device),
     )
 
 

@@ -28,6 +28,7 @@ class Findings:
     stats: list[ImageStats]
     flags: list[list[str]]
     seconds: dict[str, float] = field(default_factory=dict)  # part -> wall seconds
+    features_cached: int = 0  # of the images' features, read from data.feature_cache
 
     @property
     def prefix(self) -> str:
