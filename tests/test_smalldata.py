@@ -84,22 +84,26 @@ def test_bn_eval_needs_no_batch_of_two_and_rejects_other_policies():
 
 
 @pytest.mark.parametrize(
-    "n_train, n_classes, probe, strategy",
+    "n_train, n_classes, probe, strategy, bn",
     [
-        (196, 2, 0.959, "frozen"),  # ants/bees: few photos, ImageNet features fit
-        (1078, 10, 0.928, "full"),  # digits: as few per class, but the features need adapting
-        (40_000, 10, 0.95, "full"),  # plenty per class: fine-tune everything
-        (500, 5, None, "full"),  # no val split to probe on
-        (196, 2, PROBE_FITS, "frozen"),  # the threshold itself counts as fitting
+        (196, 2, 0.959, "frozen", None),  # ants/bees: few photos, ImageNet features fit
+        # digits: as few per class, but the features need adapting, and BN keeps ImageNet's
+        (1078, 10, 0.928, "full", "eval"),
+        (40_000, 10, 0.95, "full", None),  # plenty per class: fine-tune everything, BN too
+        (500, 5, None, "full", "eval"),  # no val split to probe on
+        (196, 2, PROBE_FITS, "frozen", None),  # the threshold itself counts as fitting
     ],
 )
-def test_auto_decisions_for_synthetic_sizes(n_train, n_classes, probe, strategy):
+def test_auto_decisions_for_synthetic_sizes(n_train, n_classes, probe, strategy, bn):
     choice = choose_finetune(n_train, n_classes, probe)
     assert choice.finetune["strategy"] == strategy
-    assert choice.reason.startswith(f"{strategy}: {n_train / n_classes:.0f} train images per class")
+    assert choice.finetune.get("bn") == bn  # None: the config's own finetune.bn stands
+    assert choice.reason.startswith(f"{strategy}")
+    assert f"{n_train / n_classes:.0f} train images per class" in choice.reason
     params = choice.params()
     assert params["finetune.auto.strategy"] == strategy
     assert params["finetune.auto.images_per_class"] == round(n_train / n_classes, 1)
+    assert ("finetune.bn=eval" in params["finetune.auto.changes"]) == (bn == "eval")
 
 
 def test_probe_accuracy_separates_separable_features_only():
@@ -200,6 +204,8 @@ def test_auto_and_average_last_runs_log_and_report_what_they_did(
     params = MlflowClient(mlflow_uri).get_run(result.run_id).data.params
     chosen = params["finetune.auto.strategy"]
     assert params["finetune.strategy"] == chosen  # the config logged is the chosen one
+    # A few images per class: full fine-tuning keeps ImageNet's BatchNorm statistics.
+    assert params["finetune.bn"] == ("eval" if chosen == "full" else "train")
     assert params["finetune.auto.images_per_class"] == str(round(len_train(params) / 3, 1))
     line = f"finetune=auto: {params['finetune.auto.reason']}"
     assert line in capsys.readouterr().out

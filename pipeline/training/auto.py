@@ -73,9 +73,13 @@ def choose_finetune(n_train: int, n_classes: int, probe_acc: float | None) -> Au
         if probe_acc is not None
         else "no probe measured"
     )
+    # Few images: batch statistics of a few dozen of them stand in badly for ImageNet's, and
+    # replacing them at every step shifts what each pretrained layer sees (digits, 3 seeds:
+    # finetune.bn=eval lifted full fine-tuning from 0.87 to 0.97 test/acc).
     return AutoChoice(
-        {"strategy": "full"},
-        reason=f"full: {facts}; {why}",
+        {"strategy": "full", "bn": "eval"},
+        reason=f"full with finetune.bn=eval: {facts}; {why}, and so few images per class "
+        "keep ImageNet's BatchNorm statistics",
         images_per_class=per_class,
         probe_acc=probe_acc,
     )
