@@ -140,7 +140,10 @@ def test_export_model_applies_the_temperature():
 def test_a_calibrated_run_hands_its_temperature_to_evaluate_and_predict(mlflow_uri, tmp_path):
     images = write_image_folder(tmp_path / "images", per_class=12)
     base = [*tiny_overrides(mlflow_uri, tmp_path), "data=folder", f"data.root={images}"]
-    trained = run_train(compose([*base, "eval.calibrate=temperature"]), tmp_path / "train")
+    trained = run_train(
+        compose([*base, "eval.calibrate=temperature", "tracking.log_model=true"]),
+        tmp_path / "train",
+    )
     t = trained.test_metrics["calibration/temperature"]
     assert t > 0 and t != 1.0
     saved = json.loads((tmp_path / "train" / "calibration.json").read_text())
@@ -169,6 +172,15 @@ def test_a_calibrated_run_hands_its_temperature_to_evaluate_and_predict(mlflow_u
     calibrated = (logits / t).softmax(1)[0]
     assert float(first[2]) == pytest.approx(float(calibrated.max()), abs=1e-5)
     assert float(first[2]) != pytest.approx(float(logits.softmax(1)[0].max()), abs=1e-4)
+    # The run's logged MLflow model answers with the same calibrated probabilities.
+    import mlflow.pyfunc
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("MLFLOW_TRACKING_URI", mlflow_uri)  # where runs:/ URIs are looked up
+        served = mlflow.pyfunc.load_model(f"runs:/{trained.run_id}/model").predict(
+            np.asarray(image)[None]
+        )
+    assert served[loaded.class_names].to_numpy()[0] == pytest.approx(calibrated.numpy(), abs=1e-5)
 
 
 def test_evaluate_refuses_calibrate_for_a_run_without_a_temperature(mlflow_uri, tmp_path):

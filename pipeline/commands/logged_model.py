@@ -58,12 +58,14 @@ def log_classifier_model(
     spec: InputSpec,
     class_names: list[str],
     seed: int,
+    temperature: float = 1.0,
 ) -> str:
-    """Log `classifier` (a copy on the CPU) as the run's `model`; returns its model URI."""
+    """Log `classifier` (a copy on the CPU) as the run's `model`; returns its model URI.
+    A calibrated run's `temperature` divides the logits, as in evaluate, predict and export."""
     from mlflow.models import infer_signature
 
     cpu_model = copy.deepcopy(classifier).float().cpu().eval()
-    model = ExportModel(cpu_model, spec.mean, spec.std).eval()
+    model = ExportModel(cpu_model, spec.mean, spec.std, temperature).eval()
     size = spec.img_size
     rng = np.random.default_rng(seed)
     example = rng.integers(0, 256, (EXAMPLE_IMAGES, size, size, 3), dtype=np.uint8)
@@ -85,6 +87,7 @@ def log_classifier_model(
                 "class_names": class_names,
                 "input": f"uint8 (N, {size}, {size}, 3) RGB, resized and centre-cropped",
                 "output": "label + one probability column per class",
+                "temperature": temperature,
             },
         )
     return info.model_uri

@@ -350,6 +350,7 @@ def run_train(
                     training.spec,
                     splits.class_names,
                     cfg.seed,
+                    tested.temperature or 1.0,
                 )
             except Exception as exc:  # like a file: a failed upload costs the model, not the run
                 not_saved.append(f"model (not logged: {first_line(exc)})")
