@@ -222,5 +222,25 @@ def test_auto_and_average_last_runs_log_and_report_what_they_did(
     assert result.fit.checkpoint.name == "averaged.pt"
 
 
+@pytest.mark.parametrize("extra, cached", [((), True), (("augment.mixup_alpha=0.4",), False)])
+def test_a_frozen_auto_choice_trains_the_head_on_the_probes_cached_features(
+    tiny_cfg, image_folder, monkeypatch, extra, cached
+):
+    import pipeline.commands.finetune_auto as finetune_auto
+    from pipeline.data.splits import run_splits
+    from pipeline.training.distributed import DistInfo
+
+    monkeypatch.setattr(finetune_auto, "probe_accuracy", lambda *a, **k: 0.99)  # features fit
+    cfg = tiny_cfg("data=folder", f"data.root={image_folder}", "finetune=auto", *extra)
+    splits = run_splits(cfg.data, cfg.seed)
+    chosen, choice = finetune_auto.resolve_auto(cfg, splits, torch.device("cpu"), DistInfo())
+    assert chosen.finetune.strategy == "frozen"
+    assert chosen.train.cache_features is cached
+    assert chosen.augment.preset == ("none" if cached else cfg.augment.preset)
+    changes = choice.params()["finetune.auto.changes"]
+    assert ("train.cache_features=True" in changes) is cached
+    assert ("computed once" in choice.reason) is cached
+
+
 def len_train(params: dict) -> int:
     return int(params["data.n_train"])

@@ -25,6 +25,7 @@ MANY_PER_CLASS = 1000
 class AutoChoice:
     finetune: dict[str, Any]  # FinetuneConfig fields to set
     optim: dict[str, Any] = field(default_factory=dict)  # OptimConfig fields to set
+    other: dict[str, Any] = field(default_factory=dict)  # other settings, by dotted key
     reason: str = ""
     images_per_class: float = 0.0
     probe_acc: float | None = None
@@ -36,9 +37,14 @@ class AutoChoice:
             "finetune.auto.images_per_class": round(self.images_per_class, 1),
             "finetune.auto.probe_acc": "" if self.probe_acc is None else round(self.probe_acc, 4),
             "finetune.auto.changes": ", ".join(
-                f"{group}.{k}={v}"
-                for group, changes in (("finetune", self.finetune), ("optim", self.optim))
-                for k, v in changes.items()
+                [
+                    *(
+                        f"{group}.{k}={v}"
+                        for group, changes in (("finetune", self.finetune), ("optim", self.optim))
+                        for k, v in changes.items()
+                    ),
+                    *(f"{k}={v}" for k, v in self.other.items()),
+                ]
             ),
             "finetune.auto.reason": self.reason,
         }
