@@ -29,7 +29,6 @@ from pipeline.errors import (
 )
 from pipeline.signals import sigterm_as_interrupt
 from pipeline.tracking.credentials import redact_files
-from pipeline.training import distributed
 
 
 def _hydra_runtime(hydra_cfg: DictConfig) -> HydraRuntime:
@@ -159,7 +158,11 @@ def _run(cfg: DictConfig) -> float | None:
         # An open MLflow run was marked KILLED on the way out (tracking.start_run).
         raise SystemExit(f"interrupted: {str(exc) or 'Ctrl-C'}") from None
     finally:
-        distributed.cleanup()  # leave a torchrun process group cleanly
+        # Leave a torchrun process group cleanly; a stage that never imported torch has none.
+        if "pipeline.training.distributed" in sys.modules:
+            from pipeline.training import distributed
+
+            distributed.cleanup()
 
 
 # What Hydra writes into every run's output folder before the task starts, and the copy of
@@ -242,11 +245,12 @@ def _help_section(name: str) -> str:
     """A generated part of `--help` (conf/hydra/help/pipeline.yaml): the stages, each with the
     first line of its module's docstring, or the config groups with their options in conf/."""
     if name == "stages":
-        from pipeline.commands import STAGE_FUNCTIONS
+        from pipeline.commands import stage_summary
+        from pipeline.config import STAGES
 
         lines = []
-        for stage, function in STAGE_FUNCTIONS.items():
-            doc = (sys.modules[function.__module__].__doc__ or "").strip().splitlines()[0]
+        for stage in STAGES:
+            doc = stage_summary(stage)
             lines.append(f"  {stage:<10} {doc.removeprefix(f'stage={stage}').lstrip(': ')}")
     else:
         lines = [f"  {group:<15} {', '.join(options)}" for group, options in _groups().items()]

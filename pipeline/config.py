@@ -16,23 +16,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.data.augment import AugmentConfig
-from pipeline.data.config import DataConfig
+from pipeline.data.config import AugmentConfig, DataConfig
 from pipeline.errors import ConfigError
-from pipeline.evaluation.baselines import BaselineConfig
-from pipeline.evaluation.evaluate import EvalConfig
+from pipeline.evaluation.config import BaselineConfig, EvalConfig, VisualizeConfig
 from pipeline.evaluation.health.config import InspectConfig
-from pipeline.evaluation.visualize import VisualizeConfig
-from pipeline.models.backbone import BackboneConfig
-from pipeline.models.head import HeadConfig
+from pipeline.models.config import BackboneConfig, HeadConfig
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.credentials import take_credentials
-from pipeline.training.config import TrainConfig
-from pipeline.training.features import check_cache_features
-from pipeline.training.finetune import FinetuneConfig, check_unfreezes
-from pipeline.training.lr_find import LRFindConfig
-from pipeline.training.optim import OptimConfig
-from pipeline.training.sched import SchedConfig
+from pipeline.training.config import (
+    FinetuneConfig,
+    LRFindConfig,
+    OptimConfig,
+    SchedConfig,
+    TrainConfig,
+    check_cache_features,
+    check_unfreezes,
+)
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 STAGES = (

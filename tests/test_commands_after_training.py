@@ -355,15 +355,25 @@ def test_lr_find_repeats_exactly_with_augmentation_on(run, tmp_path):
     np.testing.assert_array_equal(first.losses, second.losses)
 
 
+LR_SWEEP = ("stage=lr_find", "lr_find.steps=5")
+
+
+@pytest.fixture(scope="module")
+def plain_lr_sweep(run, tmp_path_factory):
+    """The sweep each option below has to change (the same for all three: computed once)."""
+    return run_lr_find(run.cfg(*LR_SWEEP), tmp_path_factory.mktemp("plain_lr_sweep"))
+
+
 @pytest.mark.parametrize(
     "option", ["train.label_smoothing=0.3", "data.sampler=weighted", "augment.mixup_alpha=0.4"]
 )
-def test_lr_find_sweeps_the_loss_and_batches_stage_train_uses(run, tmp_path, option):
+def test_lr_find_sweeps_the_loss_and_batches_stage_train_uses(
+    run, plain_lr_sweep, tmp_path, option
+):
     # stage=lr_find built its own loader and plain cross-entropy: the weighted sampler,
     # label smoothing and mixing of stage=train were ignored, and each sweep came out the same.
-    sweep = ("stage=lr_find", "lr_find.steps=5")
-    plain = run_lr_find(run.cfg(*sweep), tmp_path / "plain")
-    changed = run_lr_find(run.cfg(*sweep, option), tmp_path / "changed")
+    plain = plain_lr_sweep
+    changed = run_lr_find(run.cfg(*LR_SWEEP, option), tmp_path / "changed")
     assert changed.losses[0] != pytest.approx(plain.losses[0], rel=1e-6)
 
 

@@ -14,7 +14,7 @@ from pipeline.data.config import DataConfig
 from pipeline.data.splits import build_splits, kfold_splits, stratified_folds
 from pipeline.errors import ConfigError
 from pipeline.experiments.kfold import summarize_folds
-from tests.conftest import write_image_folder
+from tests.conftest import tiny_overrides, write_image_folder
 
 
 def test_folds_are_stratified_seeded_and_cover_every_sample():
@@ -48,11 +48,19 @@ def test_summary_is_mean_and_sample_std():
     assert summary["test/acc_std"] == pytest.approx(0.2)
 
 
+@pytest.fixture(scope="module")
+def kfold_job(mlflow_uri, tmp_path_factory):
+    """One 2-fold job (a parent and 2 fold runs), read by both tests below."""
+    tmp = tmp_path_factory.mktemp("kfold_job")
+    root = write_image_folder(tmp / "imgs", per_class=8)
+    base = ("data=folder", f"data.root={root}", "data.kfold=2")
+    cfg = compose([*tiny_overrides(mlflow_uri, tmp), *base, "tracking.run_name=cv"])
+    return run_train(cfg, tmp / "out"), base, tmp / "out"
+
+
 @pytest.mark.slow  # three MLflow runs (parent + 2 folds)
-def test_kfold_run_nests_one_child_per_fold_under_a_parent(tiny_cfg, mlflow_uri, tmp_path):
-    root = write_image_folder(tmp_path / "imgs", per_class=8)
-    cfg = tiny_cfg("data=folder", f"data.root={root}", "data.kfold=2", "tracking.run_name=cv")
-    result = run_train(cfg, tmp_path / "out")
+def test_kfold_run_nests_one_child_per_fold_under_a_parent(kfold_job, mlflow_uri):
+    result, _, out = kfold_job
     client = MlflowClient(mlflow_uri)
     parent = client.get_run(result.run_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["kfold"] == "2"
@@ -69,12 +77,12 @@ def test_kfold_run_nests_one_child_per_fold_under_a_parent(tiny_cfg, mlflow_uri,
     for name in ("test/loss", "test/f1_macro", "val/acc", "val/loss"):
         assert f"{name}_mean" in metrics and f"{name}_std" in metrics
     # Every child tested on the same held-out images, none of which it trained on.
-    with open(tmp_path / "out" / "folds.csv", newline="") as f:
+    with open(out / "folds.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     test_ids = {r["image"] for r in rows if r["split"] == "test"}
     assert len(test_ids) == 6 and {r["fold"] for r in rows if r["split"] != "test"} == {"0", "1"}
     for i in range(2):
-        with open(tmp_path / "out" / f"fold{i}" / "splits.csv", newline="") as f:
+        with open(out / f"fold{i}" / "splits.csv", newline="") as f:
             fold_rows = list(csv.DictReader(f))
         assert {r["image"] for r in fold_rows if r["split"] == "test"} == test_ids
         assert not {r["image"] for r in fold_rows if r["split"] != "test"} & test_ids
@@ -96,17 +104,15 @@ def test_data_fold_needs_kfold_and_kfold_resumes_one_fold_at_a_time():
         compose(["data.kfold=2", "train.resume=abc"])
 
 
-@pytest.mark.slow  # a 2-fold job, then its fold 1 alone: trained, evaluated on val, resumed
+@pytest.mark.slow  # the 2-fold job's fold 1 alone: trained, evaluated on val, resumed
 def test_data_fold_is_that_fold_of_the_job_for_train_evaluate_and_resume(
-    tiny_cfg, mlflow_uri, tmp_path
+    kfold_job, tiny_cfg, mlflow_uri, tmp_path
 ):
-    root = write_image_folder(tmp_path / "imgs", per_class=8)
-    base = ("data=folder", f"data.root={root}", "data.kfold=2")
-    job = run_train(tiny_cfg(*base), tmp_path / "job")
+    job, base, job_out = kfold_job
     one = run_train(tiny_cfg(*base, "data.fold=1"), tmp_path / "one")
     for split in ("train", "val", "test"):
         assert _ids(tmp_path / "one" / "splits.csv", split) == _ids(
-            tmp_path / "job" / "fold1" / "splits.csv", split
+            job_out / "fold1" / "splits.csv", split
         )
     client = MlflowClient(mlflow_uri)
     (fold1,) = client.search_runs(
@@ -119,7 +125,7 @@ def test_data_fold_is_that_fold_of_the_job_for_train_evaluate_and_resume(
     # eval.split=val scores the fold's own validation images (folds.csv: fold 1 = its val).
     evaluate_cfg = tiny_cfg("stage=evaluate", f"run_id={one.run_id}", "eval.split=val")
     run_evaluate(evaluate_cfg, tmp_path / "eval")
-    with open(tmp_path / "job" / "folds.csv", newline="") as f:
+    with open(job_out / "folds.csv", newline="") as f:
         fold1_val = {r["image"] for r in csv.DictReader(f) if r["fold"] == "1"}
     with open(tmp_path / "eval" / "val_predictions.csv", newline="") as f:
         assert {r["image"] for r in csv.DictReader(f)} == fold1_val

@@ -3,6 +3,8 @@ circle. Every `pipeline.*` import counts, at module level or inside a function; 
 under `if TYPE_CHECKING:` (annotations) are left out."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipeline"
@@ -254,3 +256,31 @@ def _hydra_imports(source: str) -> list[tuple[int, str]]:
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("hydra"):
             found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
     return found
+
+
+# --- the config-only paths stay light ---------------------------------------------------------
+# `--help`, a typo'd override or a bad value print one line before any stage runs: the run
+# config, its Hydra side, the stage registry and the entry point load without the heavy
+# libraries (torch alone is ~4 s of imports, timm's torchvision another ~4 s).
+HEAVY = ("torch", "timm", "torchvision", "albumentations", "cv2", "matplotlib", "mlflow")
+
+
+def test_the_config_and_entry_point_load_without_torch_timm_or_albumentations():
+    code = (
+        "import sys, pipeline.config, pipeline.compose, pipeline.commands, pipeline.__main__; "
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_every_stage_is_run_by_run_stage_of_its_own_module():
+    """commands.stage_function imports `commands/<stage>.py: run_<stage>` by name."""
+    from pipeline.config import STAGES
+
+    for stage in STAGES:
+        tree = ast.parse((PIPELINE / "commands" / f"{stage}.py").read_text())
+        functions = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assert f"run_{stage}" in functions, stage

@@ -8,38 +8,57 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.commands.train import run_train
+from pipeline.compose import compose
 from pipeline.errors import TrainingError
 from pipeline.signals import Interrupted, sigterm_as_interrupt
 from pipeline.training.checkpoint import load_checkpoint
 from pipeline.training.guards import LossGuard
+from tests.conftest import tiny_overrides, write_image_folder
 
 EPOCH_KEYS = ("train/loss", "train/acc", "val/loss", "val/acc", "lr")
 
 
-@pytest.fixture
-def folder_cfg(tiny_cfg, image_folder):
+def _folder_cfg(mlflow_uri, tmp_path, image_folder):
     """24 tiny images, 4 per batch: 3 steps an epoch, augmentation and dropout on, so every
     random state (loader shuffle, albumentations, torch) matters for an exact resume."""
 
     def make(*extra):
-        return tiny_cfg(
-            "data=folder",
-            f"data.root={image_folder}",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "head.dropout=0.3",
-            "train.epochs=2",
-            "train.early_stopping.patience=10",
-            *extra,
+        return compose(
+            [
+                *tiny_overrides(mlflow_uri, tmp_path),
+                "data=folder",
+                f"data.root={image_folder}",
+                "data.batch_size=4",
+                "data.num_workers=0",
+                "head.dropout=0.3",
+                "train.epochs=2",
+                "train.early_stopping.patience=10",
+                *extra,
+            ]
         )
 
     return make
+
+
+@pytest.fixture
+def folder_cfg(mlflow_uri, tmp_path, image_folder):
+    return _folder_cfg(mlflow_uri, tmp_path, image_folder)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(mlflow_uri, tmp_path_factory):
+    """One uninterrupted run of `folder_cfg()`: what the resume tests that keep its settings
+    compare with, and the run whose tags are checked (each trained this same run before)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    cfg = _folder_cfg(mlflow_uri, root, write_image_folder(root / "images"))()
+    return SimpleNamespace(result=run_train(cfg, root / "out"), out=root / "out")
 
 
 def _interrupt_on_call(monkeypatch, call: int, action):
@@ -87,12 +106,12 @@ def _history(client, run_id, key):
     return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
 
 
-@pytest.mark.slow  # three short trainings
+@pytest.mark.slow  # two short trainings, and the shared uninterrupted one
 def test_resume_after_interrupt_equals_an_uninterrupted_run(
-    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+    folder_cfg, uninterrupted, mlflow_uri, tmp_path, monkeypatch
 ):
     client = MlflowClient(mlflow_uri)
-    full = run_train(folder_cfg("tracking.run_name=uninterrupted"), tmp_path / "full")
+    full = uninterrupted.result
 
     _interrupt_on_call(monkeypatch, 2, _raise(KeyboardInterrupt()))
     with pytest.raises(Interrupted) as info:
@@ -118,7 +137,7 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(
     assert resumed.test_metrics == full.test_metrics  # exact on CPU
     for key in EPOCH_KEYS:  # metrics continue at the next step, equal to the uninterrupted run
         assert _history(client, run_id, key) == _history(client, full.run_id, key), key
-    expected = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["model"]
+    expected = load_checkpoint(uninterrupted.out / "checkpoints" / "last.pt")["model"]
     got = load_checkpoint(last)["model"]  # the resumed run kept writing the same folder
     for name, value in expected.items():
         assert torch.equal(value, got[name]), name
@@ -170,11 +189,11 @@ def test_resume_repeats_the_random_draws_of_mixing_features_and_workers(
     assert resumed.test_metrics == full.test_metrics
 
 
-def test_loader_workers_do_not_change_the_result(folder_cfg, tmp_path):
+def test_loader_workers_do_not_change_the_result(folder_cfg, uninterrupted, tmp_path):
     # Augmentations are seeded per batch from (seed, epoch, position), not per worker.
     runs = [
-        run_train(folder_cfg(f"data.num_workers={n}", "tracking.enabled=false"), tmp_path / str(n))
-        for n in (0, 2)
+        uninterrupted.result,  # data.num_workers=0
+        run_train(folder_cfg("data.num_workers=2", "tracking.enabled=false"), tmp_path / "2"),
     ]
     assert _losses(runs[0]) == _losses(runs[1])
     assert runs[0].test_metrics == runs[1].test_metrics
@@ -407,8 +426,8 @@ def test_crash_marks_failed_with_error_tag_and_keeps_checkpoints(
     assert [s for s, _ in _history(client, run.info.run_id, "val/loss")] == [0]
 
 
-def test_run_is_tagged_with_code_packages_and_hardware(folder_cfg, mlflow_uri, tmp_path):
-    result = run_train(folder_cfg("train.epochs=1"), tmp_path / "out")
+def test_run_is_tagged_with_code_packages_and_hardware(uninterrupted, mlflow_uri):
+    result = uninterrupted.result
     tags = MlflowClient(mlflow_uri).get_run(result.run_id).data.tags
     assert tags["version.torch"] == torch.__version__
     for key in ("version.timm", "version.albumentations", "version.mlflow", "version.hydra-core"):
@@ -437,11 +456,11 @@ def test_resume_by_path_from_an_untracked_run_starts_a_run_with_the_history(
 
 
 def test_interrupt_during_the_test_resumes_to_a_test_only_finish(
-    folder_cfg, mlflow_uri, tmp_path, monkeypatch
+    folder_cfg, uninterrupted, mlflow_uri, tmp_path, monkeypatch
 ):
     import pipeline.commands.train as train_stage
 
-    full = run_train(folder_cfg(), tmp_path / "full")
+    full = uninterrupted.result
     real_predict = train_stage.predict
 
     def interrupted(*args, **kwargs):

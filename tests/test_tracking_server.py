@@ -1,7 +1,8 @@
 """A run logged to an MLflow tracking server (HTTP), as a team would share one.
 
 The server is a real `mlflow server` on 127.0.0.1 with a SQLite backend and proxied
-artifacts in a temp folder; it is always stopped, even when the test fails.
+artifacts in a temp folder, shared by the module's tests; it is always stopped, even when a
+test fails.
 """
 
 import os
@@ -24,8 +25,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def tracking_server(tmp_path):
+@pytest.fixture(scope="module")
+def tracking_server(tmp_path_factory):
+    """One server for the module (starting one takes ~10 s): its tests log to experiments of
+    their own, and what they check holds for a store that also has the others' runs."""
+    tmp_path = tmp_path_factory.mktemp("tracking_server")
     port = _free_port()
     log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed in teardown)
     command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"]
@@ -54,8 +58,8 @@ def tracking_server(tmp_path):
         yield url, tmp_path / "server-artifacts"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
+        try:  # it may wait out open keep-alive connections; its store is thrown away anyway
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -17,7 +17,6 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from pipeline.commands import train as train_command  # run_train looked up per call
 from pipeline.commands.parent_summary import log_comparison
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.compose import compose
@@ -237,7 +236,9 @@ def _run_children(
 
     Each child runs as if typed on its own: its overrides (plus the command line's tracking
     ones, which pick the store) are its `overrides` tag and its printed resume command."""
-    import torch
+    import torch  # here, not at the top: a dry run or a bad component fails without torch
+
+    from pipeline.commands import train as train_command  # run_train looked up per call
 
     store = tuple(o for o in runtime.overrides if o.lstrip("+~").startswith("tracking."))
     rows, failures = [], []

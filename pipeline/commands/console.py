@@ -7,11 +7,11 @@ Each `*_lines` function is pure (tests read its lines); `print_run_*` prints the
 
 from __future__ import annotations
 
-import logging
 import shlex
 import textwrap
 from pathlib import Path
 
+from pipeline.commands.log_format import ConsoleFormatter as ConsoleFormatter
 from pipeline.commands.runtime import NO_HYDRA, HydraRuntime
 from pipeline.commands.train_outputs import tested_weights
 from pipeline.config import RunConfig
@@ -34,17 +34,6 @@ _WEIGHTS = {
     "hub": "pretrained, downloaded",
     "scratch": "random init (backbone.pretrained=false)",
 }
-
-
-class ConsoleFormatter(logging.Formatter):
-    """The console's log lines (conf/hydra/job_logging/pipeline.yaml): the bare message, so a
-    line fits the terminal; warnings and errors say what they are."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        if record.levelno >= logging.WARNING:
-            return f"{record.levelname.lower()}: {text}"
-        return text
 
 
 def shown_path(path: Path | str) -> str:

@@ -6,14 +6,12 @@ are deterministic: resize the short side to img_size / crop_pct, then centre-cro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import albumentations as A
 import cv2
 
-from pipeline.errors import ConfigError
+from pipeline.data.config import PRESETS as PRESETS
+from pipeline.data.config import AugmentConfig as AugmentConfig
 
-PRESETS = ("none", "light", "strong")
 INTERPOLATION = {
     "nearest": cv2.INTER_NEAREST,
     "bilinear": cv2.INTER_LINEAR,
@@ -21,45 +19,6 @@ INTERPOLATION = {
     "area": cv2.INTER_AREA,
     "lanczos": cv2.INTER_LANCZOS4,
 }
-
-
-@dataclass
-class AugmentConfig:
-    preset: str = "light"  # none | light | strong
-    scale: tuple[float, float] = (0.6, 1.0)  # random-resized-crop area range
-    hflip: float = 0.5  # probability; 0 for images whose mirror is another class (digits)
-    crop_pct: float | None = None  # eval centre-crop fraction; None: the backbone's own
-    # Per-batch mixing on the device (pipeline/data/mix.py); 0 turns each off.
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing factor; 0.2 to 0.4 is usual
-    cutmix_alpha: float = 0.0  # 1.0 is usual; with both on, each batch picks one at random
-    mix_prob: float = 1.0  # chance that a batch is mixed at all
-    # Random erasing (cutout): after every preset's steps, one rectangle of random pixels.
-    random_erasing: float = 0.0  # probability per image; 0.25 is usual
-    random_erasing_scale: tuple[float, float] = (0.02, 0.33)  # its area, as a fraction
-
-    def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise ConfigError(f"augment.preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
-        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
-            raise ConfigError(
-                f"augment.scale must be [low, high] with 0 < low <= high <= 1, got {list(self.scale)}"
-            )
-        self.scale = (self.scale[0], self.scale[1])  # Hydra passes a list
-        if not 0 <= self.hflip <= 1:
-            raise ConfigError(f"augment.hflip is a probability, got {self.hflip}")
-        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
-            raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
-        if not 0 <= self.mix_prob <= 1:
-            raise ConfigError(f"augment.mix_prob is a probability, got {self.mix_prob}")
-        if not 0 <= self.random_erasing <= 1:
-            raise ConfigError(f"augment.random_erasing is a probability, got {self.random_erasing}")
-        erase = self.random_erasing_scale
-        if len(erase) != 2 or not 0 < erase[0] <= erase[1] < 1:
-            raise ConfigError(
-                "augment.random_erasing_scale must be [low, high] with 0 < low <= high < 1, "
-                f"got {list(erase)}"
-            )
-        self.random_erasing_scale = (erase[0], erase[1])  # Hydra passes a list
 
 
 def build_eval_transform(img_size: int, crop_pct: float, interpolation: str) -> A.Compose:

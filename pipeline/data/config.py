@@ -67,3 +67,47 @@ class DataConfig:
             raise ConfigError("data.on_bad_image must be 'skip' or 'error'")
         if self.on_leak not in ("warn", "error"):
             raise ConfigError(f"data.on_leak must be 'warn' or 'error', got {self.on_leak!r}")
+
+
+# --- conf/augment: the transforms are built in pipeline/data/augment.py -------------
+
+PRESETS = ("none", "light", "strong")
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "light"  # none | light | strong
+    scale: tuple[float, float] = (0.6, 1.0)  # random-resized-crop area range
+    hflip: float = 0.5  # probability; 0 for images whose mirror is another class (digits)
+    crop_pct: float | None = None  # eval centre-crop fraction; None: the backbone's own
+    # Per-batch mixing on the device (pipeline/data/mix.py); 0 turns each off.
+    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing factor; 0.2 to 0.4 is usual
+    cutmix_alpha: float = 0.0  # 1.0 is usual; with both on, each batch picks one at random
+    mix_prob: float = 1.0  # chance that a batch is mixed at all
+    # Random erasing (cutout): after every preset's steps, one rectangle of random pixels.
+    random_erasing: float = 0.0  # probability per image; 0.25 is usual
+    random_erasing_scale: tuple[float, float] = (0.02, 0.33)  # its area, as a fraction
+
+    def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"augment.preset={self.preset!r} is not one of: {', '.join(PRESETS)}")
+        if len(self.scale) != 2 or not 0 < self.scale[0] <= self.scale[1] <= 1:
+            raise ConfigError(
+                f"augment.scale must be [low, high] with 0 < low <= high <= 1, got {list(self.scale)}"
+            )
+        self.scale = (self.scale[0], self.scale[1])  # Hydra passes a list
+        if not 0 <= self.hflip <= 1:
+            raise ConfigError(f"augment.hflip is a probability, got {self.hflip}")
+        if self.mixup_alpha < 0 or self.cutmix_alpha < 0:
+            raise ConfigError("augment.mixup_alpha and augment.cutmix_alpha must be >= 0")
+        if not 0 <= self.mix_prob <= 1:
+            raise ConfigError(f"augment.mix_prob is a probability, got {self.mix_prob}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(f"augment.random_erasing is a probability, got {self.random_erasing}")
+        erase = self.random_erasing_scale
+        if len(erase) != 2 or not 0 < erase[0] <= erase[1] < 1:
+            raise ConfigError(
+                "augment.random_erasing_scale must be [low, high] with 0 < low <= high < 1, "
+                f"got {list(erase)}"
+            )
+        self.random_erasing_scale = (erase[0], erase[1])  # Hydra passes a list

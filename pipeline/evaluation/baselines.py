@@ -13,39 +13,17 @@ digest, `Splits.digest`), or, when none is, scores the majority class on the spo
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.evaluation.config import KINDS as KINDS
+from pipeline.evaluation.config import BaselineConfig as BaselineConfig
 from pipeline.tracking.config import TrackingConfig
 from pipeline.tracking.runs import client_and_experiment
 
-KINDS = ("majority", "pixels", "probe")
 SPLIT_DIGEST = "data.split_digest"  # the param that names a run's split
-
-
-@dataclass
-class BaselineConfig:
-    kinds: list[str] = field(default_factory=lambda: list(KINDS))  # which to fit, in order
-    pixels_size: int = 16  # pixels: each image resized to size x size
-    pixels_grey: bool = False  # pixels: one grey channel instead of three
-    # Inverse L2 strengths tried for pixels and probe; val picks one (ties: the smaller C).
-    c_grid: list[float] = field(default_factory=lambda: [0.001, 0.01, 0.1, 1.0, 10.0])
-    max_iter: int = 1000  # lbfgs iterations per fit
-
-    def __post_init__(self) -> None:
-        self.kinds, self.c_grid = list(self.kinds), [float(c) for c in self.c_grid]
-        unknown = [k for k in self.kinds if k not in KINDS]
-        if not self.kinds or unknown:
-            raise ConfigError(
-                f"baseline.kinds must name some of: {', '.join(KINDS)}, got {self.kinds}"
-            )
-        if self.pixels_size < 1 or self.max_iter < 1:
-            raise ConfigError("baseline.pixels_size and baseline.max_iter must be >= 1")
-        if not self.c_grid or min(self.c_grid) <= 0:
-            raise ConfigError(f"baseline.c_grid must be values > 0, got {self.c_grid}")
 
 
 @dataclass

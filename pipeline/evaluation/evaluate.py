@@ -7,15 +7,16 @@ evaluating a run again reproduces the test metrics it logged.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.errors import ConfigError
+from pipeline.evaluation.config import CALIBRATE_MODES as CALIBRATE_MODES
+from pipeline.evaluation.config import TTA_MODES as TTA_MODES
+from pipeline.evaluation.config import EvalConfig as EvalConfig
+from pipeline.evaluation.config import check_tta as check_tta
 from pipeline.evaluation.metrics import (
     classification_report,
     confusion_matrix,
@@ -26,44 +27,7 @@ from pipeline.training.batches import Batches
 from pipeline.training.loop import predict
 from pipeline.training.precision import autocast
 
-TTA_MODES = ("none", "flip", "five_crop", "five_crop_flip")
-CALIBRATE_MODES = ("none", "temperature")
 FIVE_CROP_SCALE = 0.875  # each of the five crops covers this share of the image's side
-
-
-@dataclass
-class EvalConfig:
-    split: str = "test"  # test | val
-    # none | flip (the image and its mirror) | five_crop (centre and 4 corners, each zoomed
-    # back to input size) | five_crop_flip (those 5 and their mirrors): the softmax averaged
-    tta: str = "none"
-    # none | temperature: after training, fit one temperature on val logits (Guo et al. 2017);
-    # saved with the run (calibration.json), evaluate, predict and export apply it
-    calibrate: str = "none"
-    topk: int = 5  # top-k accuracy; predict writes the k best labels
-
-    def __post_init__(self) -> None:
-        if self.split not in ("test", "val"):
-            raise ConfigError(f"eval.split={self.split!r} is not one of: test, val")
-        if self.tta not in TTA_MODES:
-            raise ConfigError(f"eval.tta={self.tta!r} is not one of: {', '.join(TTA_MODES)}")
-        if self.calibrate not in CALIBRATE_MODES:
-            raise ConfigError(
-                f"eval.calibrate={self.calibrate!r} is not one of: {', '.join(CALIBRATE_MODES)}"
-            )
-        if self.topk < 1:
-            raise ConfigError(f"eval.topk must be >= 1, got {self.topk}")
-
-
-def check_tta(tta: str, hflip: float) -> None:
-    """Flip TTA assumes a mirrored image shows the same class; a run trained with
-    augment.hflip=0 was told it may not (digits: a mirrored 2 is no 2)."""
-    if tta in ("flip", "five_crop_flip") and hflip == 0:
-        raise ConfigError(
-            f"eval.tta={tta} averages each image with its mirror, but the run trained with "
-            "augment.hflip=0 (a mirrored image may be another class): use eval.tta=none "
-            "or five_crop"
-        )
 
 
 def five_crops(x: torch.Tensor, scale: float = FIVE_CROP_SCALE) -> list[torch.Tensor]:

@@ -7,25 +7,12 @@ know what they get. Images come in as uint8 HWC arrays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError
+from pipeline.evaluation.config import VisualizeConfig as VisualizeConfig
 from pipeline.evaluation.plots import _pyplot, _save, draw_matrix
-
-
-@dataclass
-class VisualizeConfig:
-    layers: list[str] = field(default_factory=list)  # backbone modules; []: every stage
-    num_images: int = 8  # test images with Grad-CAM overlays
-    channels: int = 16  # feature-map channels shown per layer
-
-    def __post_init__(self) -> None:
-        self.layers = list(self.layers)
-        if self.num_images < 1 or self.channels < 1:
-            raise ConfigError("visualize.num_images and visualize.channels must be >= 1")
 
 
 def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:

@@ -13,27 +13,10 @@ from timm.layers import SelectAdaptivePool2d
 from torch import nn
 
 from pipeline.errors import ConfigError, first_line
+from pipeline.models.config import BackboneConfig as BackboneConfig
 from pipeline.models.weights import WeightsInfo, load_backbone_state, resolve_pretrained
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class BackboneConfig:
-    name: str = "tf_efficientnet_lite0"  # any timm model name
-    pretrained: bool = True  # false: random init, logged as weights_source=scratch
-    weights: str | None = None  # local .pth/.safetensors file; wins over every other source
-    img_size: int | None = None  # None: the pretrained config's input size
-    drop_path_rate: float = 0.0  # stochastic depth, where the family supports it
-    allow_hub: bool = True  # false: never try the network, even when it is up
-
-    def __post_init__(self) -> None:
-        if self.img_size is not None and self.img_size < 8:
-            raise ConfigError(f"backbone.img_size must be >= 8, got {self.img_size}")
-        if not 0 <= self.drop_path_rate < 1:
-            raise ConfigError(
-                f"backbone.drop_path_rate must be in [0, 1), got {self.drop_path_rate}"
-            )
 
 
 @dataclass(frozen=True)

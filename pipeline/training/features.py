@@ -21,45 +21,11 @@ from torch.utils.data import DataLoader, RandomSampler
 from pipeline.data.augment import build_eval_transform
 from pipeline.data.loader import DeviceNormalize, EpochSampler, ImageDataset, build_loader
 from pipeline.data.sources import ImageSet
-from pipeline.errors import ConfigError
 from pipeline.models.backbone import InputSpec
 from pipeline.models.classifier import Classifier
 from pipeline.training.batches import Batches
+from pipeline.training.config import check_cache_features as check_cache_features
 from pipeline.training.precision import autocast
-
-
-def check_cache_features(
-    cache_features: bool,
-    strategy: str,
-    augment_preset: str,
-    world_size: int = 1,
-    *,
-    mixing: bool = False,
-    erasing: bool = False,
-    sampler: str = "shuffle",
-) -> None:
-    """Caching is exact only when the backbone and its input are the same every epoch."""
-    if not cache_features:
-        return
-    if strategy != "frozen" or augment_preset != "none" or mixing or erasing:
-        raise ConfigError(
-            "train.cache_features=true needs finetune=frozen, augment=none and no mixup/cutmix "
-            f"or random erasing (got finetune={strategy}, augment={augment_preset}"
-            + (", augment.mixup_alpha/cutmix_alpha > 0" if mixing else "")
-            + (", augment.random_erasing > 0" if erasing else "")
-            + ")"
-        )
-    if sampler != "shuffle":
-        raise ConfigError(
-            f"train.cache_features=true shuffles uniformly: it cannot use data.sampler={sampler}"
-        )
-    if world_size > 1:
-        # Every rank would extract and train on the whole set, unsynchronised: N times the
-        # work for one head, which one process trains in seconds anyway.
-        raise ConfigError(
-            f"train.cache_features=true trains the head in one process, not {world_size}: "
-            "run it without torchrun"
-        )
 
 
 @torch.no_grad()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -26,50 +25,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pipeline.errors import ConfigError
 from pipeline.models.classifier import Classifier
 from pipeline.models.layer_groups import backbone_stages
+from pipeline.training.config import BN_POLICIES as BN_POLICIES
+from pipeline.training.config import STRATEGIES as STRATEGIES
+from pipeline.training.config import FinetuneConfig as FinetuneConfig
+from pipeline.training.config import check_unfreezes as check_unfreezes
 from pipeline.training.optim import OptimConfig, build_optimizer, transfer_state
 from pipeline.training.sched import Schedule
 
 log = logging.getLogger(__name__)
-
-# auto: stage=train picks one of the others from the data (pipeline/training/auto.py)
-STRATEGIES = ("frozen", "full", "partial", "gradual", "linear_then_full", "auto")
-BN_POLICIES = ("train", "eval")
-
-
-@dataclass
-class FinetuneConfig:
-    strategy: str = "full"  # frozen | full | partial | gradual | linear_then_full | auto
-    train_last_n: int = 1  # partial: how many backbone stages (from the top) train
-    unfreeze_every: int = 1  # gradual: epochs between unfreezing one more stage
-    head_epochs: int = 1  # linear_then_full: epochs that train the head only
-    full_lr_mult: float = 0.1  # linear_then_full: LR multiplier once everything trains
-    # BatchNorm of unfrozen backbone layers: train (batch statistics, running stats move) or
-    # eval (ImageNet's running stats kept, as Keras does after unfreezing: a batch of a few
-    # dozen images is a noisy stand-in for them). Frozen layers' BN is always eval.
-    bn: str = "train"
-
-    def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(
-                f"finetune.strategy={self.strategy!r} is not one of: {', '.join(STRATEGIES)}"
-            )
-        for key in ("train_last_n", "unfreeze_every", "head_epochs"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"finetune.{key} must be >= 1, got {getattr(self, key)}")
-        if self.bn not in BN_POLICIES:
-            raise ConfigError(f"finetune.bn={self.bn!r} is not one of: {', '.join(BN_POLICIES)}")
-        if not 0 < self.full_lr_mult <= 1:
-            raise ConfigError(f"finetune.full_lr_mult must be in (0, 1], got {self.full_lr_mult}")
-
-
-def check_unfreezes(cfg: FinetuneConfig, epochs: int) -> None:
-    """linear_then_full that never reaches its full phase is finetune=frozen under another name."""
-    if cfg.strategy == "linear_then_full" and cfg.head_epochs >= epochs:
-        raise ConfigError(
-            f"finetune.head_epochs={cfg.head_epochs} >= train.epochs={epochs}: linear_then_full "
-            "would train the head only, as finetune=frozen does; raise train.epochs or lower "
-            "finetune.head_epochs"
-        )
 
 
 def trainable_stages(cfg: FinetuneConfig, epoch: int, num_stages: int) -> int:

@@ -12,8 +12,7 @@ import torch
 
 from pipeline.errors import TrainingError, find_cause
 from pipeline.training import distributed
-
-NAN_POLICIES = ("stop", "skip")
+from pipeline.training.config import NAN_POLICIES as NAN_POLICIES
 
 
 class LossGuard:

@@ -15,27 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pipeline.errors import ConfigError
 from pipeline.training.batches import Batches
+from pipeline.training.config import LRFindConfig as LRFindConfig
 from pipeline.training.loop import optimizer_step
 from pipeline.training.precision import autocast, grad_scaler
-
-
-@dataclass
-class LRFindConfig:
-    start_lr: float = 1e-7
-    end_lr: float = 10.0
-    steps: int = 100  # optimizer steps; the train loader is cycled if it is shorter
-    smoothing: float = 0.05  # weight of each new loss in the exponential moving average
-    diverge: float = 4.0  # stop once the smoothed loss exceeds this multiple of its minimum
-
-    def __post_init__(self) -> None:
-        if not 0 < self.start_lr < self.end_lr:
-            raise ConfigError("lr_find needs 0 < lr_find.start_lr < lr_find.end_lr")
-        if self.steps < 5:
-            raise ConfigError(f"lr_find.steps must be >= 5, got {self.steps}")
-        if not 0 < self.smoothing <= 1:
-            raise ConfigError(f"lr_find.smoothing must be in (0, 1], got {self.smoothing}")
 
 
 @dataclass

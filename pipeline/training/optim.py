@@ -2,49 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from pipeline.errors import ConfigError
 from pipeline.models.layer_groups import backbone_stages
-
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-
-
-@dataclass
-class OptimConfig:
-    name: str = "adamw"  # sgd | adam | adamw | rmsprop | adagrad
-    lr: float = 1e-3  # head learning rate; backbone gets lr * backbone_lr_mult
-    weight_decay: float = 0.05  # L2 (decoupled for adamw); never applied to norms and biases
-    momentum: float = 0.9  # sgd, rmsprop
-    nesterov: bool = True  # sgd
-    betas: tuple[float, float] = (0.9, 0.999)  # adam, adamw
-    backbone_lr_mult: float = 1.0  # discriminative LR: < 1 keeps pretrained features closer
-    layer_decay: float = 1.0  # < 1: a backbone stage d stages below the head gets lr * decay**d
-    # L1 penalty: l1 * sum |w| over the trainable weights weight decay applies to (not norms
-    # and biases), added to the loss each step; it drives small weights to exactly zero.
-    l1: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
-            raise ConfigError(f"optim.name={self.name!r} is not one of: {', '.join(OPTIMIZERS)}")
-        if self.lr <= 0:
-            raise ConfigError(f"optim.lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"optim.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.l1 < 0:
-            raise ConfigError(f"optim.l1 must be >= 0, got {self.l1}")
-        if self.backbone_lr_mult < 0:
-            raise ConfigError(f"optim.backbone_lr_mult must be >= 0, got {self.backbone_lr_mult}")
-        if not 0 < self.layer_decay <= 1:
-            raise ConfigError(f"optim.layer_decay must be in (0, 1], got {self.layer_decay}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"optim.momentum must be in [0, 1), got {self.momentum}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"optim.betas must be two values in [0, 1), got {list(self.betas)}")
-        self.betas = (self.betas[0], self.betas[1])  # Hydra passes a list
+from pipeline.training.config import OPTIMIZERS as OPTIMIZERS
+from pipeline.training.config import OptimConfig as OptimConfig
 
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:

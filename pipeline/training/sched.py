@@ -3,56 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from pipeline.errors import ConfigError
-
-SCHEDULES = ("constant", "cosine", "step", "exponential", "plateau", "onecycle")
-
-
-@dataclass
-class SchedConfig:
-    name: str = "cosine"  # constant | cosine | step | exponential | plateau | onecycle
-    warmup_epochs: float = 1.0  # linear ramp from 0; plateau, onecycle: 0 (no warmup)
-    min_lr_ratio: float = 0.01  # cosine floor, as a fraction of the peak LR
-    step_epochs: int = 10  # step: decay every N epochs
-    gamma: float = 0.1  # step: factor per step; exponential: factor per epoch
-    plateau_patience: int = 2  # plateau: epochs without val/loss improvement before decay
-    plateau_factor: float = 0.1
-    # onecycle (torch's OneCycleLR, cosine): from peak/div_factor up to the peak (optim.lr)
-    # over the first pct_start of all steps, then down to peak/div_factor/final_div_factor.
-    pct_start: float = 0.3
-    div_factor: float = 25.0
-    final_div_factor: float = 1e4
-
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ConfigError(f"sched.name={self.name!r} is not one of: {', '.join(SCHEDULES)}")
-        if self.warmup_epochs < 0:
-            raise ConfigError(f"sched.warmup_epochs must be >= 0, got {self.warmup_epochs}")
-        if self.name == "plateau" and self.warmup_epochs:
-            raise ConfigError("sched.warmup_epochs is not supported with sched.name=plateau")
-        if self.name == "onecycle" and self.warmup_epochs:
-            raise ConfigError(
-                "sched.warmup_epochs is not used with sched.name=onecycle: its rise is "
-                "sched.pct_start (sched=onecycle sets sched.warmup_epochs=0)"
-            )
-        if not 0 < self.pct_start < 1:
-            raise ConfigError(f"sched.pct_start must be in (0, 1), got {self.pct_start}")
-        if self.div_factor < 1 or self.final_div_factor < 1:
-            raise ConfigError("sched.div_factor and sched.final_div_factor must be >= 1")
-        if not 0 < self.gamma <= 1:
-            raise ConfigError(f"sched.gamma must be in (0, 1], got {self.gamma}")
-        if self.step_epochs < 1:
-            raise ConfigError(f"sched.step_epochs must be >= 1, got {self.step_epochs}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ConfigError(f"sched.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.plateau_patience < 0:
-            raise ConfigError(f"sched.plateau_patience must be >= 0, got {self.plateau_patience}")
-        if not 0 < self.plateau_factor < 1:
-            raise ConfigError(f"sched.plateau_factor must be in (0, 1), got {self.plateau_factor}")
+from pipeline.training.config import SCHEDULES as SCHEDULES
+from pipeline.training.config import SchedConfig as SchedConfig
 
 
 def lr_factor(cfg: SchedConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:
