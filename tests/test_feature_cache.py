@@ -157,3 +157,30 @@ def test_baseline_and_train_read_the_features_inspect_computed(
     params = client.get_run(cached.run_id).data.params
     assert params["features.cached"] == str(len(splits.train) + len(splits.val))
     assert params["data.feature_cache"] == str(tmp_path / "feature_cache")
+
+
+def test_inspect_baseline_and_auto_key_the_cache_with_the_same_crop(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    """augment.crop_pct changes the pixels: stage=inspect once ignored it, so its features
+    were keyed (and computed) unlike baseline's and train's for the same config."""
+    import pipeline.commands.baseline as baseline
+    import pipeline.commands.finetune_auto as finetune_auto
+    import pipeline.commands.frozen_features as frozen
+    import pipeline.commands.inspect as inspect
+    from pipeline.training.distributed import DistInfo
+
+    crops = []
+
+    def recording(cache_dir, backbone, spec, images, *args):
+        crops.append(args[-1])  # crop_pct, the last positional argument
+        return cached_image_features(cache_dir, backbone, spec, images, *args)
+
+    monkeypatch.setattr(frozen, "cached_image_features", recording)
+    root = write_image_folder(tmp_path / "images")
+    cfg = tiny_cfg("data=folder", f"data.root={root}", "augment.crop_pct=0.8")
+    splits = run_splits(cfg.data, cfg.seed)
+    inspect._backbone_features(cfg, splits)
+    baseline._probe(cfg, splits)
+    finetune_auto.resolve_auto(cfg, splits, torch.device("cpu"), DistInfo())
+    assert crops == [0.8] * len(crops) and len(crops) == 1 + 3 + 2

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.commands.frozen_features import frozen_features
 from pipeline.commands.train_outputs import test_metrics_of
 from pipeline.config import RunConfig
 from pipeline.data.decode import load_image
-from pipeline.data.loader import default_num_workers
 from pipeline.data.sources import ImageSet
 from pipeline.data.splits import Splits, run_splits
 from pipeline.evaluation.baselines import (
@@ -35,8 +35,7 @@ from pipeline.models.classifier import build_model
 from pipeline.repro import seed_everything
 from pipeline.tracking.runs import flatten, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.feature_cache import cached_image_features
-from pipeline.training.precision import resolve_amp, resolve_device
+from pipeline.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 PARTS = ("train", "val", "test")
@@ -83,19 +82,8 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
     device = resolve_device(cfg.train.device)
     model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
     model.to(device).eval()
-    workers = default_num_workers() if cfg.data.num_workers is None else cfg.data.num_workers
     embedded = {  # the eval transform at the backbone's size, as stage=inspect and screen
-        part: cached_image_features(
-            cfg.data.feature_cache,
-            model.backbone,
-            spec,
-            getattr(splits, part),
-            cfg.data.eval_batch_size or 2 * cfg.data.batch_size,
-            workers,
-            device,
-            resolve_amp(cfg.train.amp, device),
-            cfg.augment.crop_pct,
-        )
+        part: frozen_features(cfg, model.backbone, spec, getattr(splits, part), device)
         for part in PARTS
     }
     features = {part: embedded[part].features.numpy() for part in PARTS}

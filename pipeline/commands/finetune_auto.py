@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipeline.commands.frozen_features import frozen_features
 from pipeline.config import RunConfig
 from pipeline.data.sources import ImageSet
 from pipeline.data.splits import Splits
@@ -24,8 +25,6 @@ from pipeline.errors import ConfigError
 from pipeline.models.classifier import build_model
 from pipeline.training import distributed
 from pipeline.training.auto import AutoChoice, choose_finetune, probe_accuracy
-from pipeline.training.feature_cache import cached_image_features
-from pipeline.training.precision import resolve_amp
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +37,7 @@ def resolve_auto(
     model, spec, _ = build_model(cfg.backbone, cfg.head, len(splits.class_names))
 
     def features_of(images: ImageSet) -> np.ndarray:
-        return cached_image_features(
-            cfg.data.feature_cache,
-            model.backbone,
-            spec,
-            images,
-            cfg.data.eval_batch_size or 2 * cfg.data.batch_size,
-            cfg.data.num_workers,
-            device,
-            resolve_amp(cfg.train.amp, device),
-            cfg.augment.crop_pct,
-        ).features.numpy()
+        return frozen_features(cfg, model.backbone, spec, images, device).features.numpy()
 
     train, val = splits.train, splits.val
     acc = None

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.commands.frozen_features import frozen_features
 from pipeline.config import RunConfig
 from pipeline.data.config import SPLITS
 from pipeline.data.health.duplicates import (
@@ -39,8 +40,8 @@ from pipeline.models.backbone import check_model_name, create_backbone
 from pipeline.repro import seed_everything
 from pipeline.tracking.runs import flatten, run_name_for, start_run
 from pipeline.tracking.store import check_store
-from pipeline.training.feature_cache import CachedFeatures, cached_image_features
-from pipeline.training.precision import resolve_amp, resolve_device
+from pipeline.training.feature_cache import CachedFeatures
+from pipeline.training.precision import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -58,16 +59,7 @@ def _backbone_features(cfg: RunConfig, splits: Splits) -> CachedFeatures:
     device = resolve_device(cfg.train.device)
     backbone, spec, _ = create_backbone(cfg.backbone, global_pool=cfg.head.pool)
     everything = splits.train.concat(splits.val).concat(splits.test)
-    return cached_image_features(
-        cfg.data.feature_cache,
-        backbone,
-        spec,
-        everything,
-        cfg.data.eval_batch_size or 2 * cfg.data.batch_size,
-        cfg.data.num_workers,
-        device,
-        resolve_amp(cfg.train.amp, device),
-    )
+    return frozen_features(cfg, backbone, spec, everything, device)
 
 
 def _label_check(
