@@ -104,3 +104,10 @@ def test_frozen_best_names_the_runner_up_and_its_distance():
         "the measurements agree: frozen is the best depth, the next best (last 2) -0.020 "
         "test/acc from it."
     )
+
+
+def test_a_single_seed_says_once_why_there_is_no_ci_or_p():
+    study = _study({"baseline": [0.95], "with_last2": [0.95], "with_full": [0.94]}, per_class=98)
+    report = format_depth_report(study, "one_seed")
+    line = next(ln for ln in report.splitlines() if ln.startswith("- vs full:"))
+    assert line == "- vs full: Δ +0.0100; no CI or p: n=1"

@@ -244,6 +244,8 @@ def _versus(paired: Paired | None, itself: bool, absent: bool = False) -> str:
         return "no full variant in this study"
     if itself or paired is None:
         return "it is the best depth"
+    if paired.untestable:  # one reason, said once (not after the CI, the p and the n)
+        return f"Δ {paired.mean_diff:+.4f}; no CI or p: {paired.untestable}"
     return f"Δ {paired.mean_diff:+.4f}, 95% CI {ci_text(paired)}, p {p_text(paired)} (n={paired.n})"
 
 
