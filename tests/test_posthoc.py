@@ -44,6 +44,18 @@ def test_temperature_scaling_undoes_logits_times_10():
     assert after == pytest.approx(F.cross_entropy(test_logits, test_y).item(), rel=0.05)
 
 
+def test_a_val_split_without_errors_leaves_the_temperature_at_1(caplog):
+    # Every image right: the NLL falls without bound as T -> 0. Unguarded, LBFGS stopped
+    # near T = 0.01 on a 49-image ants/bees val split, and test probabilities became 0 or 1.
+    logits, labels = _calibrated_logits(49, seed=0)
+    right = logits.argmax(1)
+    with caplog.at_level("WARNING"):
+        assert fit_temperature(logits, right) == 1.0
+        assert fit_temperature(torch.stack([logits, logits + 0.01]), right) == 1.0  # TTA views
+    assert "every one of the 49 val images right" in caplog.text
+    assert fit_temperature(logits, labels) != 1.0  # with mistakes there is something to fit
+
+
 class _Linear10(nn.Module):
     """A fixed linear classifier on the mean colour, its logits x10: over-confident."""
 

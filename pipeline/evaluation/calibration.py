@@ -10,6 +10,7 @@ applied wherever the run's probabilities are used: evaluate, predict, the export
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 from pipeline.errors import ConfigError
 from pipeline.evaluation.evaluate import nll, probs_from_logits
 from pipeline.evaluation.metrics import expected_calibration_error
+
+log = logging.getLogger(__name__)
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -28,6 +31,16 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
     logits, targets = logits.detach().float(), targets.detach().long()
     if logits.ndim == 2:
         logits = logits[None]
+    if bool((probs_from_logits(logits).argmax(-1) == targets).all()):
+        # Every image right: the NLL keeps falling as T -> 0, so the "best" T is whatever the
+        # optimiser stops at (0.014 on one 49-image ants/bees val split, which then served
+        # test probabilities of 0 and 1 and raised the test NLL from 0.19 to 1.13).
+        log.warning(
+            "eval.calibrate=temperature: the model gets every one of the %d val images right, "
+            "so they cannot tell how confident it should be; temperature left at 1",
+            len(targets),
+        )
+        return 1.0
     log_t = torch.zeros((), requires_grad=True)  # T = exp(log_t) stays positive, starts at 1
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
