@@ -82,12 +82,13 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
     device = resolve_device(cfg.train.device)
     model, spec, weights = build_model(cfg.backbone, cfg.head, len(splits.class_names))
     model.to(device).eval()
-    embedded = {  # the eval transform at the backbone's size, as stage=inspect and screen
-        part: frozen_features(cfg, model.backbone, spec, getattr(splits, part), device)
-        for part in PARTS
-    }
-    features = {part: embedded[part].features.numpy() for part in PARTS}
-    train_x, val_x, test_x = (features[part] for part in PARTS)
+    # One pass over train+val+test, as stage=inspect reads them: the backbone's weights are
+    # hashed and the cache file read and written once, not once per split.
+    parts = [getattr(splits, part) for part in PARTS]
+    everything = parts[0].concat(parts[1]).concat(parts[2])
+    embedded = frozen_features(cfg, model.backbone, spec, everything, device)
+    ends = np.cumsum([len(p) for p in parts])[:-1]
+    train_x, val_x, test_x = np.split(embedded.features.numpy(), ends)
     train_y, val_y = splits.train.labels, splits.val.labels
     fit = logistic(
         "probe",
@@ -101,7 +102,7 @@ def _probe(cfg: RunConfig, splits: Splits) -> BaselineFit:
     fit.params |= {
         "weights_source": weights.source,
         "baseline.features": train_x.shape[1],
-        "features.cached": sum(e.from_cache for e in embedded.values()),  # of train+val+test
+        "features.cached": embedded.from_cache,  # of train+val+test
     }
     return fit
 
