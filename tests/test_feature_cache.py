@@ -183,4 +183,4 @@ def test_inspect_baseline_and_auto_key_the_cache_with_the_same_crop(
     inspect._backbone_features(cfg, splits)
     baseline._probe(cfg, splits)
     finetune_auto.resolve_auto(cfg, splits, torch.device("cpu"), DistInfo())
-    assert crops == [0.8] * len(crops) and len(crops) == 1 + 1 + 2  # inspect, baseline, auto
+    assert crops == [0.8] * len(crops) and len(crops) == 1 + 1 + 1  # inspect, baseline, auto
